@@ -1,0 +1,44 @@
+"""The one ``videodit`` command. Each area registers its own subcommands in its ``cli`` module;
+those modules import torch and friends lazily, so ``videodit --help`` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from videodit import __version__
+from videodit.errors import VideoditError
+from videodit.world import cli as world_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="videodit",
+        description="videodit: text-to-video with a causal 3D VAE and a flow-matching diffusion transformer.",
+    )
+    parser.add_argument("--version", action="version", version=f"videodit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    world_cli.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (VideoditError, FileNotFoundError) as e:
+        # Bad input is reported in one line that names the problem (set VIDEODIT_DEBUG=1 for the
+        # traceback); any other exception is a bug and keeps its traceback.
+        if os.environ.get("VIDEODIT_DEBUG"):
+            raise
+        print(f"videodit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
