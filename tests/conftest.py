@@ -1,0 +1,29 @@
+"""Fixtures shared by the test files. Keep this small: a fixture belongs here only once two
+test files use it."""
+
+import numpy as np
+import pytest
+
+
+def _moving_disc(frames=17, height=64, width=64, background=(128, 128, 128), color=(220, 40, 40),
+                 radius=8.0, supersample=4):
+    """A SynthWorld-like clip without SynthWorld: a flat disc gliding diagonally over a flat
+    background, anti-aliased by supersampling. (F, H, W, 3) uint8."""
+    s = supersample
+    ys, xs = np.mgrid[0 : height * s, 0 : width * s]
+    ys, xs = (ys + 0.5) / s, (xs + 0.5) / s  # subpixel centres in pixel units
+    bg, fg = np.array(background, np.float32), np.array(color, np.float32)
+    clip = np.empty((frames, height, width, 3), np.uint8)
+    for f in range(frames):
+        progress = f / max(frames - 1, 1)
+        cx, cy = width * (0.2 + 0.6 * progress), height * (0.3 + 0.4 * progress)
+        inside = ((xs - cx) ** 2 + (ys - cy) ** 2 <= radius**2).astype(np.float32)
+        coverage = inside.reshape(height, s, width, s).mean(axis=(1, 3))[..., None]  # (H, W, 1)
+        clip[f] = np.round((1 - coverage) * bg + coverage * fg).astype(np.uint8)
+    return clip
+
+
+@pytest.fixture
+def moving_disc():
+    """Factory: ``moving_disc(frames=17, height=64, width=64, background=..., color=...)``."""
+    return _moving_disc
