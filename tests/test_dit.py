@@ -1,0 +1,223 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from videodit.dit import DiT, DiTConfig, PRESETS, apply_rope, rope_axis_dims, rope_tables
+from videodit.errors import VideoditError
+
+TINY = DiTConfig.preset("tiny")
+
+
+def random_model(cfg=TINY, seed=0):
+    """A model with every weight random (the zero-init one is the identity and hides bugs)."""
+    torch.manual_seed(seed)
+    model = DiT(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model
+
+
+def inputs(B=2, T=3, H=4, W=6, L=5, cfg=TINY, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, cfg.in_channels, T, H, W, generator=g)
+    t = torch.rand(B, T, generator=g)
+    text = torch.randn(B, L, cfg.text_dim, generator=g)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[0, 3:] = False
+    return x, t, text, mask
+
+
+def test_zero_init_outputs_zeros():
+    model = DiT(TINY)
+    v = model(*inputs())
+    assert torch.equal(v, torch.zeros_like(v))
+
+
+@pytest.mark.parametrize("T,H,W", [(1, 2, 2), (2, 4, 4), (5, 4, 6), (3, 6, 2)])
+def test_shapes_at_several_sizes(T, H, W):
+    model = random_model()
+    x, t, text, mask = inputs(T=T, H=H, W=W)
+    v = model(x, t, text, mask)
+    assert v.shape == x.shape and v.dtype == torch.float32 and torch.isfinite(v).all()
+
+
+def test_temporal_patch_and_shared_timestep():
+    cfg = DiTConfig.preset("tiny", patch=(2, 1, 1))
+    model = random_model(cfg)
+    x, _, text, mask = inputs(T=4, H=3, W=5, cfg=cfg)
+    t = torch.tensor([0.3, 0.7])
+    v = model(x, t, text, mask)
+    assert v.shape == x.shape
+    assert torch.allclose(v, model(x, t[:, None].expand(2, 4), text, mask))
+
+
+def test_timesteps_are_per_frame():
+    model = random_model()
+    x, t, text, mask = inputs(T=3)
+    t2 = t.clone()
+    t2[:, 2] = 0.0
+    v, v2 = model(x, t, text, mask), model(x, t2, text, mask)
+    # Frame 2's timestep changes frame 2's modulation (and, through attention, the others).
+    assert not torch.allclose(v[:, :, 2], v2[:, :, 2])
+
+
+def test_text_padding_does_not_change_output():
+    model = random_model()
+    x, t, text, mask = inputs(L=5)
+    v = model(x, t, text, mask)
+    padded = torch.cat([text, torch.randn(2, 7, TINY.text_dim)], dim=1)
+    padded_mask = torch.cat([mask, torch.zeros(2, 7, dtype=torch.bool)], dim=1)
+    assert torch.allclose(v, model(x, t, padded, padded_mask), atol=1e-5)
+    # ...while the masked tokens inside the original length are ignored too.
+    text2 = text.clone()
+    text2[0, 3:] = 100.0
+    assert torch.allclose(v, model(x, t, text2, mask), atol=1e-5)
+    # Sanity: the text does matter.
+    assert not torch.allclose(v, model(x, t, text.flip(0), mask.flip(0)), atol=1e-3)
+
+
+def test_unconditional_all_false_mask_is_finite():
+    model = random_model()
+    x, t, text, _ = inputs()
+    v = model(x, t, text * 0, torch.zeros(2, 5, dtype=torch.bool))
+    assert torch.isfinite(v).all()
+
+
+def test_precomputed_text_kv_matches():
+    model = random_model()
+    x, t, text, mask = inputs()
+    kv = model.text_kv(text, mask)
+    assert torch.equal(model(x, t, text, mask), model(x, t, text_kv=kv))
+
+
+def test_bf16_autocast_close_to_fp32():
+    model = random_model()
+    x, t, text, mask = inputs()
+    v = model(x, t, text, mask)
+    with torch.autocast("cpu", torch.bfloat16):
+        vb = model(x, t, text, mask)
+    assert vb.dtype == torch.float32
+    assert (vb - v).norm() / v.norm() < 0.05
+
+
+def rope_reference(x, pos, head_dim, theta):
+    """Independent RoPE: rotate pairs (i, i + hd/2) as complex numbers by pos_axis * freq."""
+    dims = rope_axis_dims(head_dim)
+    freqs = torch.cat([pos[:, a:a + 1].double() * theta ** (-torch.arange(0, d, 2).double() / d)
+                       for a, d in enumerate(dims)], dim=1)  # (N, hd/2)
+    half = head_dim // 2
+    z = torch.complex(x[..., :half].double(), x[..., half:].double()) * torch.polar(
+        torch.ones_like(freqs), freqs)[:, None, :]
+    return torch.cat([z.real, z.imag], dim=-1).float()
+
+
+def grid_positions(T, H, W):
+    return torch.stack(torch.meshgrid(torch.arange(T), torch.arange(H), torch.arange(W), indexing="ij"), -1).reshape(-1, 3)
+
+
+def test_rope_matches_reference_and_is_relative():
+    T, H, W, hd = 3, 4, 5, 12
+    cos, sin = rope_tables((T, H, W), hd, 10000.0, "cpu", torch.float32)
+    pos = grid_positions(T, H, W)
+    x = torch.randn(1, T * H * W, 2, hd)
+    assert torch.allclose(apply_rope(x, cos, sin), rope_reference(x[0], pos, hd, 10000.0)[None], atol=1e-5)
+
+    # Scores depend only on position differences: the same q, k at shifted positions score equally.
+    q, k = torch.randn(hd), torch.randn(hd)
+    index = {tuple(p.tolist()): i for i, p in enumerate(pos)}
+    qr = apply_rope(q.expand(1, T * H * W, 1, hd), cos, sin)[0, :, 0]
+    kr = apply_rope(k.expand(1, T * H * W, 1, hd), cos, sin)[0, :, 0]
+    score = lambda a, b: (qr[index[a]] * kr[index[b]]).sum()  # noqa: E731
+    assert torch.allclose(score((0, 1, 1), (1, 3, 0)), score((1, 1, 4), (2, 3, 3)), atol=1e-4)
+    assert torch.allclose(score((2, 0, 4), (0, 0, 0)), score((2, 3, 4), (0, 3, 0)), atol=1e-4)
+    assert not torch.allclose(score((0, 0, 0), (0, 0, 1)), score((0, 0, 0), (0, 1, 0)), atol=1e-4)
+
+
+def naive_attention(q, k, v, keep=None):
+    """softmax(q k^T / sqrt(d)) v with keep (B, 1, 1, L) bool; q (B, heads, N, d)."""
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if keep is not None:
+        scores = scores.masked_fill(~keep, float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+def test_self_attention_equals_naive_reference():
+    model = random_model()
+    attn = model.blocks[0].self_attn
+    B, T, H, W, D, heads = 2, 2, 3, 4, TINY.dim, TINY.heads
+    hd = D // heads
+    x = torch.randn(B, T * H * W, D)
+    rope = model.rope((T, H, W), "cpu", torch.float32)
+    q, k, v = (x @ attn.qkv.weight.T + attn.qkv.bias).view(B, -1, 3, heads, hd).unbind(2)
+    rms = lambda a, w: a / a.pow(2).mean(-1, keepdim=True).add(TINY.norm_eps).sqrt() * w  # noqa: E731
+    pos = grid_positions(T, H, W)
+    q = rope_reference(rms(q, attn.norm_q.weight), pos, hd, TINY.rope_theta)
+    k = rope_reference(rms(k, attn.norm_k.weight), pos, hd, TINY.rope_theta)
+    o = naive_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    expected = o.transpose(1, 2).reshape(B, -1, D) @ attn.out.weight.T + attn.out.bias
+    assert torch.allclose(attn(x, rope), expected, atol=1e-4)
+
+
+def test_cross_attention_equals_naive_reference():
+    model = random_model()
+    _, _, text, mask = inputs(L=6)
+    kv = model.text_kv(text, mask)
+    attn = model.blocks[1].cross_attn
+    B, N, D, heads = 2, 10, TINY.dim, TINY.heads
+    hd = D // heads
+    x = torch.randn(B, N, D)
+    context = torch.cat([model.text_embed(text), model.null_text.expand(B, 1, D)], dim=1)
+    keep = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool)], dim=1)[:, None, None, :]
+    rms = lambda a, w: a / a.pow(2).mean(-1, keepdim=True).add(TINY.norm_eps).sqrt() * w  # noqa: E731
+    q = rms((x @ attn.q.weight.T + attn.q.bias).view(B, N, heads, hd), attn.norm_q.weight).transpose(1, 2)
+    k, v = (context @ attn.kv.weight.T + attn.kv.bias).view(B, -1, 2, heads, hd).unbind(2)
+    k = rms(k, attn.norm_k.weight).transpose(1, 2)
+    o = naive_attention(q, k, v.transpose(1, 2), keep)
+    expected = o.transpose(1, 2).reshape(B, N, D) @ attn.out.weight.T + attn.out.bias
+    assert torch.allclose(attn(x, kv.kv[1], kv.mask), expected, atol=1e-4)
+
+
+def test_presets_and_param_counts():
+    counts = {}
+    for name in ("tiny", "cpu-small", "s"):
+        counts[name] = sum(p.numel() for p in DiT(DiTConfig.preset(name)).parameters())
+    assert counts["tiny"] < 1e6
+    assert 3e6 < counts["cpu-small"] < counts["s"] <= 32e6
+    with torch.device("meta"):
+        xl = sum(p.numel() for p in DiT(PRESETS["xl"]).parameters())
+    assert 0.8e9 < xl < 1.3e9
+    with pytest.raises(VideoditError, match="expected one of"):
+        DiTConfig.preset("huge")
+
+
+def test_bad_inputs_are_named():
+    model = DiT(TINY)
+    x, t, text, mask = inputs(T=3, H=4, W=6)
+    with pytest.raises(VideoditError, match="divisible"):
+        model(x[..., :5], t, text, mask)
+    with pytest.raises(VideoditError, match=r"expected \(B, 4, T, h, w\)"):
+        model(x[:, :3], t, text, mask)
+    with pytest.raises(VideoditError, match="timesteps"):
+        model(x, t[:, :2], text, mask)
+    with pytest.raises(VideoditError, match="text"):
+        model(x, t, text[..., :10], mask)
+    with pytest.raises(VideoditError, match="head dim"):
+        DiTConfig(dim=8, heads=2)
+
+
+def test_gradients_reach_every_parameter_from_zero_init():
+    model = random_model()
+    model.init_weights()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, t, text, mask = inputs()
+    # adaLN-zero opens up in three steps: the head first, then the gates and the cross-attention
+    # output, then everything behind them.
+    for _ in range(3):
+        opt.zero_grad()
+        F.mse_loss(model(x, t, text, mask), torch.randn_like(x)).backward()
+        opt.step()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert missing == []

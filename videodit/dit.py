@@ -1,0 +1,327 @@
+"""The diffusion transformer: spacetime latents + per-frame timesteps + text -> velocity.
+
+    dit = DiT(DiTConfig.preset("s"))
+    v = dit(x, t, text, text_mask)        # x (B, c, T, h, w) latents, t (B, T) or (B,) in [0, 1],
+                                          # text (B, L, D_text), text_mask (B, L) bool -> v like x
+    kv = dit.text_kv(text, text_mask)     # once per generation; then dit(x, t, text_kv=kv) each step
+
+The DiT is a pure function of its inputs and knows nothing of schedules: the time convention and
+the meaning of v live in ``videodit.flow``.
+
+Architecture (PixArt-alpha's adaLN-single + cross-attention, as used by Wan 2.1):
+- spacetime patchify of (pt, ph, pw) latent patches into tokens, 3D RoPE on their (t, h, w)
+  positions (no learned position tables, so any size and duration is valid);
+- blocks of full spacetime self-attention (fused QKV, per-head RMS QK-norm), cross-attention to
+  the text tokens (respecting the text mask) and a GELU MLP;
+- adaLN-zero modulation from ONE shared time MLP plus a learned offset per block, computed per
+  latent frame so that clean conditioning frames (t = 0) and noisy frames share a sequence;
+- a learned null text token always appended to the keys: an all-False text mask (the empty
+  prompt, see ``videodit.text``) is the unconditional input, with no NaN from an empty softmax.
+
+Precision: parameters are fp32. Run the model under ``torch.autocast(device, torch.bfloat16)``
+for speed: matmuls and attention then run in bf16, while the residual stream, the norms, the
+modulation and the output head stay fp32 (see ``Block.forward`` and ``DiT.forward``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from videodit.errors import VideoditError
+
+# t in [0, 1] is scaled to [0, 1000] before the sinusoid so its frequencies (periods up to 10^4)
+# resolve small timestep differences, the range DiT and Wan were designed around.
+TIME_SCALE = 1000.0
+SINUSOID_MAX_PERIOD = 10000.0
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    in_channels: int = field(default=16, metadata={"help": "latent channels c (the VAE's)"})
+    patch: tuple[int, int, int] = field(default=(1, 2, 2), metadata={"help": "patch size (pt, ph, pw) in latents"})
+    dim: int = field(default=384, metadata={"help": "transformer width"})
+    depth: int = field(default=12, metadata={"help": "number of blocks"})
+    heads: int = field(default=6, metadata={"help": "attention heads (dim / heads = head dim, even)"})
+    mlp_ratio: float = field(default=4.0, metadata={"help": "MLP hidden width / dim"})
+    text_dim: int = field(default=384, metadata={"help": "text encoder width D_text"})
+    qk_norm: bool = field(default=True, metadata={"help": "RMS-normalise queries and keys per head"})
+    freq_dim: int = field(default=256, metadata={"help": "sinusoidal timestep embedding width"})
+    rope_theta: float = field(default=10000.0, metadata={"help": "RoPE base period"})
+    norm_eps: float = field(default=1e-6, metadata={"help": "epsilon of every norm"})
+
+    def __post_init__(self):
+        if self.dim % self.heads or (self.dim // self.heads) % 2:
+            raise VideoditError(f"DiTConfig: dim {self.dim} / heads {self.heads} must be an even integer")
+        if self.dim // self.heads < 6:
+            raise VideoditError(f"DiTConfig: head dim {self.dim // self.heads} too small to split over t, h, w")
+        if len(self.patch) != 3 or min(self.patch) < 1:
+            raise VideoditError(f"DiTConfig: patch {self.patch} must be three positive ints (pt, ph, pw)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @staticmethod
+    def preset(name: str, **changes) -> DiTConfig:
+        if name not in PRESETS:
+            raise VideoditError(f"DiT preset {name!r}: expected one of {sorted(PRESETS)}")
+        return replace(PRESETS[name], **changes)
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+def timestep_sinusoid(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """t (...) in [0, 1] -> (..., dim) fp32 [cos | sin] features (Vaswani et al. 2017)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(SINUSOID_MAX_PERIOD) * torch.arange(half, device=t.device) / half)
+    angles = (t.float() * TIME_SCALE)[..., None] * freqs  # (..., half)
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)
+
+
+def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
+    """Head-dim channels given to the (t, h, w) axes: h and w a third each, t the rest (Wan 2.1)."""
+    hw = 2 * (head_dim // 6)
+    return head_dim - 2 * hw, hw, hw
+
+
+def rope_tables(grid: tuple[int, int, int], head_dim: int, theta: float, device, dtype):
+    """cos, sin tables (N, 1, head_dim) for tokens on a (T, h, w) grid, in row-major token order.
+
+    Rotation pairs are (i, i + head_dim/2) ("rotate half" layout); ``sin`` carries the sign of the
+    rotation in its first half so that ``apply_rope`` is one multiply-add (see there).
+    """
+    angles = []
+    for axis, (n, d) in enumerate(zip(grid, rope_axis_dims(head_dim))):
+        freqs = theta ** (-torch.arange(0, d, 2, dtype=torch.float64, device=device) / d)  # (d/2,)
+        pos = torch.arange(n, dtype=torch.float64, device=device)
+        a = pos[:, None] * freqs  # (n, d/2)
+        shape = [1, 1, 1, d // 2]
+        shape[axis] = n
+        angles.append(a.view(shape).expand(*grid, d // 2))
+    angles = torch.cat(angles, dim=-1).reshape(-1, 1, head_dim // 2)  # (N, 1, head_dim/2)
+    cos = torch.cat([angles.cos(), angles.cos()], dim=-1)  # (N, 1, head_dim)
+    sin = torch.cat([-angles.sin(), angles.sin()], dim=-1)
+    return cos.to(dtype), sin.to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, N, heads, head_dim): pair (x1_i, x2_i) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
+    # roll by half swaps the halves, [x2, x1]; the sign lives in the sin table.
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The statistic is computed in fp32 inside rms_norm; the result keeps x's dtype so that
+        # bf16 queries and keys are not round-tripped through fp32 tensors.
+        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+class TextKV(NamedTuple):
+    """Per-block cross-attention keys/values, computed once per prompt batch by ``DiT.text_kv``."""
+
+    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per block: k, v (B, heads, L + 1, head_dim)
+    mask: torch.Tensor  # (B, 1, 1, L + 1) bool, True = attend; the last key is the null token
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.heads, self.head_dim = cfg.heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.norm_q = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.out = nn.Linear(cfg.dim, cfg.dim)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, self.head_dim).unbind(2)  # each (B, N, heads, hd)
+        q = apply_rope(self.norm_q(q), *rope)
+        k = apply_rope(self.norm_k(k), *rope)
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, heads, N, hd)
+        return self.out(o.transpose(1, 2).reshape(B, N, D))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.heads, self.head_dim = cfg.heads, cfg.head_dim
+        self.q = nn.Linear(cfg.dim, cfg.dim)
+        self.kv = nn.Linear(cfg.dim, 2 * cfg.dim)
+        self.norm_q = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.out = nn.Linear(cfg.dim, cfg.dim)
+
+    def text_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, L, D = context.shape
+        k, v = self.kv(context).view(B, L, 2, self.heads, self.head_dim).unbind(2)  # each (B, L, heads, hd)
+        return self.norm_k(k).transpose(1, 2), v.transpose(1, 2)  # (B, heads, L, hd)
+
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        q = self.norm_q(self.q(x).view(B, N, self.heads, self.head_dim))  # (B, N, heads, hd)
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), *kv, attn_mask=mask)  # (B, heads, N, hd)
+        return self.out(o.transpose(1, 2).reshape(B, N, D))
+
+
+# ----------------------------------------------------------------------------- block
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.eps = cfg.norm_eps
+        self.self_attn = SelfAttention(cfg)
+        self.norm_cross = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.cross_attn = CrossAttention(cfg)
+        hidden = int(cfg.dim * cfg.mlp_ratio)
+        # Exact (erf) GELU: the tanh approximation is ~5x slower on CPU and buys nothing here.
+        self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(), nn.Linear(hidden, cfg.dim))
+        # Learned per-block offset added to the shared time modulation (adaLN-single, PixArt-alpha).
+        self.modulation = nn.Parameter(torch.zeros(6, cfg.dim))
+
+    def forward(self, x, mod, rope, kv, text_mask):
+        """x (B, T, S, D) fp32 residual stream; mod (B, T, 1, 6, D) fp32 shared time modulation."""
+        B, T, S, D = x.shape
+        shift1, scale1, gate1, shift2, scale2, gate2 = (mod + self.modulation).unbind(3)  # each (B, T, 1, D)
+        # Norm and modulation in fp32, per frame: every token takes its own frame's timestep.
+        h = torch.addcmul(shift1, F.layer_norm(x, (D,), eps=self.eps), 1 + scale1)
+        x = x + gate1 * self.self_attn(h.view(B, T * S, D), rope).view(B, T, S, D)
+        h = self.norm_cross(x)
+        x = x + self.cross_attn(h.view(B, T * S, D), kv, text_mask).view(B, T, S, D)
+        h = torch.addcmul(shift2, F.layer_norm(x, (D,), eps=self.eps), 1 + scale2)
+        return x + gate2 * self.mlp(h)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class DiT(nn.Module):
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = cfg = config
+        pt, ph, pw = cfg.patch
+        self.patch_dim = cfg.in_channels * pt * ph * pw
+        self.patch_embed = nn.Linear(self.patch_dim, cfg.dim)
+        self.text_embed = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim))
+        self.null_text = nn.Parameter(torch.zeros(cfg.dim))
+        self.time_embed = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.time_proj = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))  # shared by all blocks
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.head_modulation = nn.Parameter(torch.zeros(2, cfg.dim))
+        self.head = nn.Linear(cfg.dim, self.patch_dim)
+        self._rope_cache: dict = {}
+        self.init_weights()
+
+    def init_weights(self):
+        """The one place weights are initialised. Zero-init makes every block the identity at
+        the start (adaLN-zero, Peebles & Xie 2023) and the model output exactly zero."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for m in self.time_embed:
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+        nn.init.normal_(self.null_text, std=0.02)
+        zero = [self.time_proj[1], self.head]
+        zero += [b.cross_attn.out for b in self.blocks]  # PixArt-alpha: cross-attention starts silent
+        for m in zero:
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+        nn.init.zeros_(self.head_modulation)
+        for b in self.blocks:
+            nn.init.zeros_(b.modulation)
+
+    def rope(self, grid: tuple[int, int, int], device, dtype):
+        # Tables depend only on the token grid: built once per (grid, device, dtype) and reused.
+        key = (grid, str(device), dtype)
+        if key not in self._rope_cache:
+            self._rope_cache[key] = rope_tables(grid, self.config.head_dim, self.config.rope_theta, device, dtype)
+        return self._rope_cache[key]
+
+    def text_kv(self, text: torch.Tensor, text_mask: torch.Tensor) -> TextKV:
+        """text (B, L, D_text), text_mask (B, L) bool -> per-block keys/values (see TextKV)."""
+        B, L, _ = text.shape
+        if text.shape[-1] != self.config.text_dim or text_mask.shape != (B, L):
+            raise VideoditError(f"DiT text: expected text (B, L, {self.config.text_dim}) and mask (B, L), "
+                                f"got {tuple(text.shape)} and {tuple(text_mask.shape)}")
+        context = self.text_embed(text)  # (B, L, D)
+        null = self.null_text.to(context.dtype).expand(B, 1, -1)  # (B, 1, D)
+        context = torch.cat([context, null], dim=1)  # (B, L + 1, D)
+        keep = torch.cat([text_mask.bool(), text_mask.new_ones(B, 1, dtype=torch.bool)], dim=1)  # (B, L + 1)
+        kv = [b.cross_attn.text_kv(context) for b in self.blocks]
+        return TextKV(kv, keep[:, None, None, :])  # mask (B, 1, 1, L + 1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor | None = None,
+                text_mask: torch.Tensor | None = None, *, text_kv: TextKV | None = None) -> torch.Tensor:
+        """x (B, c, T, h, w); t (B, T) per latent frame or (B,); text + text_mask, or a precomputed
+        text_kv. Returns the velocity (B, c, T, h, w) in fp32. With pt > 1 a token frame takes the
+        largest t of its pt latent frames."""
+        cfg = self.config
+        pt, ph, pw = cfg.patch
+        if x.dim() != 5 or x.shape[1] != cfg.in_channels:
+            raise VideoditError(f"DiT input: expected (B, {cfg.in_channels}, T, h, w), got {tuple(x.shape)}")
+        B, c, T, H, W = x.shape
+        if T % pt or H % ph or W % pw:
+            raise VideoditError(f"DiT input: latent size (T, h, w) = {(T, H, W)} must be divisible by the "
+                                f"patch {cfg.patch}")
+        if t.dim() == 1:
+            t = t[:, None].expand(B, T)
+        if t.shape != (B, T):
+            raise VideoditError(f"DiT timesteps: expected (B, T) = {(B, T)} or (B,), got {tuple(t.shape)}")
+        if text_kv is None:
+            if text is None or text_mask is None:
+                raise VideoditError("DiT: pass text and text_mask, or text_kv")
+            text_kv = self.text_kv(text, text_mask)
+        Tp, Hp, Wp = T // pt, H // ph, W // pw
+
+        # Time: one fp32 embedding per token frame, shared by every block (autocast off: the
+        # modulation is applied to the fp32 residual stream and must not be rounded to bf16).
+        with torch.autocast(x.device.type, enabled=False):
+            t_frames = t.float().view(B, Tp, pt).amax(dim=2)  # (B, Tp)
+            temb = self.time_embed(timestep_sinusoid(t_frames, cfg.freq_dim))  # (B, Tp, D)
+            mod = self.time_proj(temb).view(B, Tp, 1, 6, cfg.dim)  # (B, Tp, 1, 6, D)
+
+        patches = x.view(B, c, Tp, pt, Hp, ph, Wp, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)  # (B, Tp, Hp, Wp, c, pt, ph, pw)
+        patches = patches.reshape(B, Tp, Hp * Wp, self.patch_dim)  # (B, Tp, S, c*pt*ph*pw)
+        h = self.patch_embed(patches).float()  # (B, Tp, S, D) fp32 residual stream
+
+        compute = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        rope = self.rope((Tp, Hp, Wp), x.device, compute)
+        for block, kv in zip(self.blocks, text_kv.kv):
+            h = block(h, mod, rope, kv, text_kv.mask)
+
+        with torch.autocast(x.device.type, enabled=False):
+            shift, scale = (temb[:, :, None, None, :] + self.head_modulation).unbind(3)  # each (B, Tp, 1, D)
+            h = torch.addcmul(shift, F.layer_norm(h, (cfg.dim,), eps=cfg.norm_eps), 1 + scale)
+            out = self.head(h)  # (B, Tp, S, c*pt*ph*pw)
+        out = out.view(B, Tp, Hp, Wp, c, pt, ph, pw).permute(0, 4, 1, 5, 2, 6, 3, 7)  # (B, c, Tp, pt, Hp, ph, Wp, pw)
+        return out.reshape(B, c, T, H, W)
+
+
+# ----------------------------------------------------------------------------- presets
+
+PRESETS: dict[str, DiTConfig] = {
+    "tiny": DiTConfig(in_channels=4, dim=64, depth=2, heads=2, text_dim=32, freq_dim=64),
+    "cpu-small": DiTConfig(dim=256, depth=8, heads=4),
+    "s": DiTConfig(dim=384, depth=12, heads=6),
+    "b": DiTConfig(dim=768, depth=12, heads=12),
+    "l": DiTConfig(dim=1024, depth=24, heads=16),
+    "xl": DiTConfig(dim=1536, depth=28, heads=24),
+}
