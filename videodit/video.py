@@ -5,11 +5,12 @@ Layouts, stated once here and pointed to elsewhere:
   tensor  float in [-1, 1], (3, F, H, W), or batched (B, 3, F, H, W); u8 -> u8 / 127.5 - 1
 
 Files, chosen by suffix when writing and by content when reading:
-  .mp4 .mov .mkv  H.264 (libx264), yuv420p, tagged BT.709 limited range. Odd widths or heights
-                  are padded to even by repeating the last column / row (yuv420p needs even
-                  sizes), with a warning: such a file reads back one pixel larger.
+  .mp4 .mov .mkv  H.264 (libx264, constant QP 12), yuv420p, tagged BT.709 limited range.
+                  Odd widths or heights are padded to even by repeating the last column / row
+                  (yuv420p needs even sizes), with a warning: such a file reads back one
+                  pixel larger.
   .gif            one global 256-colour palette; frame delays are whole 1/100 s, so the rate is
-                  recovered by snapping to the simplest rate those delays fit (see _snap_fps).
+                  recovered as the simplest rate those delays fit (see _fps_from_timestamps).
   .webp           lossless animated WebP, through Pillow both ways: the FFmpeg inside PyAV 18
                   decodes only still WebP (it skips the ANIM chunk), so Pillow is the one
                   library here that round-trips it.
@@ -49,14 +50,16 @@ H264_SUFFIXES = (".mp4", ".mov", ".mkv")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 WRITE_SUFFIXES = (*H264_SUFFIXES, ".gif", ".webp", ".png")
 
-# H.264 settings. Measured on a 64x64, 17-frame clip of a flat saturated disc moving over a
-# black / white / gray background (anti-aliased edges), RGB PSNR of a write + read round trip:
-#   crf 0: 36.2-38.7 dB, crf 12: 36.0-38.3 dB, crf 23: 34.1-36.8 dB (default bilinear scaling);
-# 4:2:0 chroma subsampling, not the quantiser, is what limits it, so crf 12 costs almost nothing
-# over lossless at ~0.8x the bytes. Box-averaging the chroma when encoding and bicubic,
-# full-chroma-interpolation upsampling when decoding add ~0.7 dB: crf 12 then gives
-# 36.5 dB (yellow on black, the worst pair) to 39.2 dB (green on black).
-H264_CRF = 12
+# H.264 settings, measured on 64x64, 17-frame clips of one flat disc (SynthWorld's 8 colours,
+# 0.12 H and 0.07 H radius) gliding over black / white / gray with anti-aliased edges: RGB PSNR
+# of a write + read round trip is 37.8 dB (yellow on gray, the worst of the 48) to 46.3 dB,
+# ~4 KB per clip. 4:2:0 chroma subsampling, not the quantiser, limits it: QP 0 (lossless
+# coding) gains only 0.2 dB, QP 18 loses 0.5, QP 23 loses 1.2; what matters is where chroma
+# sits (_rgb_to_yuv420p, +1.6 dB over swscale's conversion) and how it is upsampled on reading
+# (_read_with_av: +1.2 dB over bilinear, +3.6 dB over swscale's default chroma replication). Constant QP rather than crf: crf's MB-tree rate control made
+# x264 write different bytes for identical 64x64 frames in about one run in four (threads=1
+# too), while constant QP was byte-identical in every run, at the same PSNR and size.
+H264_QP = 12
 H264_PRESET = "medium"
 WEBP_QUALITY = 100  # with lossless=True this is effort spent on compression, not fidelity
 
@@ -117,7 +120,7 @@ def _read_with_av(path: Path, max_frames: int | None) -> Video:
     from av.video.reformatter import Interpolation
 
     # Bicubic, full horizontal chroma interpolation and accurate rounding for the 4:2:0 -> RGB
-    # upsampling: +0.7 dB over swscale's bilinear default on flat-colour edges (see H264_CRF).
+    # upsampling; swscale's default repeats each chroma sample, 3.6 dB worse (see H264_QP).
     interpolation = Interpolation.BICUBIC | Interpolation.FULL_CHR_H_INT | Interpolation.ACCURATE_RND
     try:
         container = av.open(str(path))
@@ -337,7 +340,7 @@ def _av_rate(fps: float) -> Fraction:
 
 def _write_h264(path: Path, frames: np.ndarray, fps: float) -> None:
     import av
-    from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc, Interpolation
+    from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc
 
     num_frames, height, width, _ = frames.shape
     pad_h, pad_w = height % 2, width % 2
@@ -351,18 +354,47 @@ def _write_h264(path: Path, frames: np.ndarray, fps: float) -> None:
     with av.open(str(path), "w", options=options) as container:
         stream = container.add_stream("libx264", rate=_av_rate(fps))
         stream.width, stream.height, stream.pix_fmt = width + pad_w, height + pad_h, "yuv420p"
-        stream.options = {"crf": str(H264_CRF), "preset": H264_PRESET}
+        stream.options = {"qp": str(H264_QP), "preset": H264_PRESET}
         # Tagged, so players do not guess between BT.601 and BT.709 by frame size.
         stream.codec_context.colorspace = Colorspace.ITU709
         stream.codec_context.color_range = ColorRange.MPEG
         stream.codec_context.color_primaries = ColorPrimaries.BT709
         stream.codec_context.color_trc = ColorTrc.BT709
         for rgb in frames:
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
-                format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG,
-                interpolation=Interpolation.AREA)  # chroma = the mean of each 2x2 block
+            frame = av.VideoFrame.from_ndarray(_rgb_to_yuv420p(rgb), format="yuv420p")
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
+
+
+# BT.709 luma weights (ITU-R BT.709-6, item 3.2) and the limited-range scaling of 8-bit video:
+# Y in 16..235, Cb and Cr in 16..240 around 128.
+_KR, _KB = 0.2126, 0.0722
+_KG = 1.0 - _KR - _KB
+_RGB_TO_YCBCR = np.array([
+    [_KR, _KG, _KB],
+    [-_KR / (2 * (1 - _KB)), -_KG / (2 * (1 - _KB)), 0.5],
+    [0.5, -_KG / (2 * (1 - _KR)), -_KB / (2 * (1 - _KR))],
+], np.float32) * np.array([[219.0], [224.0], [224.0]], np.float32) / 255.0
+_YCBCR_OFFSET = np.array([16.0, 128.0, 128.0], np.float32)
+
+
+def _rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, H and W even -> (H * 3/2, W) uint8: the Y, Cb, Cr planes of yuv420p.
+
+    Chroma is sited where H.264 puts it when a stream does not say (its VUI default, "left"):
+    on the even columns, halfway between each pair of rows. Decoders that honour the siting
+    (FFmpeg's, browsers') then line it up with the luma. swscale's RGB -> yuv420p sites it at
+    the block centre instead, which FFmpeg's decoder then shifts by half a pixel: 1.5 dB lower
+    PSNR on SynthWorld edges."""
+    height, width, _ = rgb.shape
+    ycbcr = rgb.astype(np.float32) @ _RGB_TO_YCBCR.T + _YCBCR_OFFSET  # (H, W, 3)
+    chroma = ycbcr[..., 1:].reshape(height // 2, 2, width, 2).mean(axis=1)  # (H/2, W, 2): row pairs averaged
+    # [1, 2, 1] / 4 centred on each even column (MPEG-2's anti-alias filter), the edge repeated.
+    padded = np.concatenate([chroma[:, :1], chroma, chroma[:, -1:]], axis=1)  # (H/2, W + 2, 2)
+    chroma = 0.25 * padded[:, 0:-2:2] + 0.5 * padded[:, 1:-1:2] + 0.25 * padded[:, 2::2]  # (H/2, W/2, 2)
+    planes = np.concatenate([ycbcr[..., 0].ravel(), chroma[..., 0].ravel(), chroma[..., 1].ravel()])
+    # PyAV takes yuv420p as one (H * 3/2, W) array: the three planes back to back.
+    return np.clip(np.round(planes), 0, 255).astype(np.uint8).reshape(height * 3 // 2, width)
 
 
 def _write_gif(path: Path, frames: np.ndarray, fps: float) -> None:
