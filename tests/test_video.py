@@ -131,7 +131,7 @@ def _write_with_pyav(path, clip, codec, pix_fmt, fps):
 @pytest.mark.parametrize(
     "name, codec, pix_fmt, fps, min_psnr",
     [("ffv1.mkv", "ffv1", "bgr0", 10, math.inf), ("png.mov", "png", "rgb24", 25, math.inf),
-     ("mpeg4.avi", "mpeg4", "yuv420p", 12, 25.0)],
+     ("mpeg4.avi", "mpeg4", "yuv420p", 12, 25.0), ("mjpeg.avi", "mjpeg", "yuvj420p", 15, 30.0)],
 )
 def test_reads_other_containers_and_codecs(tmp_path, moving_disc, name, codec, pix_fmt, fps, min_psnr):
     clip = moving_disc(frames=5)
