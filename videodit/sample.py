@@ -1,0 +1,154 @@
+"""Samplers: integrate the flow ODE from noise (t = 1) to latents (t = 0), see ``videodit.flow``.
+
+    latents = generate(dit, text, text_mask, shape=(B, c, T, h, w), config=SamplerConfig(seed=1))
+
+Pieces, from the inside out:
+- ``solve``: a stateless loop over an explicit list of timesteps with Euler or Heun steps, given
+  any velocity function v(x, t) with t (B, T) per latent frame;
+- ``FrameCondition``: clean latent frames held at t = 0 (given a timestep of 0 and re-imposed
+  after every step). Image-to-video, extension, connecting two clips and loops are all this one
+  mechanism with different frame masks;
+- ``guided_velocity``: classifier-free guidance (Ho & Salimans 2022) with the conditional and
+  the unconditional (or negative-prompt) passes in one batch, against text K/V computed once;
+- ``generate``: seeded noise, the shifted timestep list, autocast, all of the above.
+
+Unconditional = the empty prompt = an all-False text mask (``videodit.text``); a negative prompt's
+embedding takes its place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from videodit import flow
+from videodit.errors import VideoditError
+
+Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (B,c,T,h,w), t (B,T)) -> v
+SOLVERS = ("euler", "heun")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    steps: int = field(default=30, metadata={"help": "ODE steps (Heun uses two model calls per step)"})
+    solver: str = field(default="euler", metadata={"help": f"one of {SOLVERS}"})
+    guidance: float = field(default=5.0, metadata={"help": "classifier-free guidance scale; 1 = no guidance"})
+    shift: float | None = field(default=None, metadata={
+        "help": "timestep shift s (t' = s t / (1 + (s-1) t)); unset = flow.resolution_shift of the latent size"})
+    seed: int = field(default=0, metadata={"help": "noise seed"})
+    bf16: bool = field(default=True, metadata={"help": "run the DiT under bf16 autocast (CPU with AVX512-BF16/AMX, CUDA)"})
+
+
+@dataclass(frozen=True)
+class FrameCondition:
+    """Clean latent frames to hold fixed: ``latents`` (B, c, T, h, w) holds their values (other
+    frames are ignored), ``mask`` (T,) or (B, T) bool marks which latent frames are given."""
+
+    latents: torch.Tensor
+    mask: torch.Tensor
+
+    def expanded_mask(self, B: int, T: int) -> torch.Tensor:
+        mask = self.mask.bool()
+        if mask.dim() == 1:
+            mask = mask[None].expand(B, -1)
+        if mask.shape != (B, T):
+            raise VideoditError(f"conditioning frame mask {tuple(self.mask.shape)}: expected (T,) or (B, T) "
+                                f"with B, T = {B}, {T}")
+        return mask
+
+    def impose(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self.expanded_mask(x.shape[0], x.shape[2])[:, None, :, None, None]  # (B, 1, T, 1, 1)
+        return torch.where(mask, self.latents.to(x.dtype), x)
+
+
+def solve(velocity: Velocity, x: torch.Tensor, timesteps: torch.Tensor, solver: str = "euler",
+          cond: FrameCondition | None = None, on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Integrate dx/dt = v from timesteps[0] to timesteps[-1] (normally 1 -> 0), starting at x."""
+    if solver not in SOLVERS:
+        raise VideoditError(f"sampler solver {solver!r}: expected one of {SOLVERS}")
+    B, T = x.shape[0], x.shape[2]
+    # Conditioning frames live at t = 0: their timestep is 0 at every step, their values are re-imposed.
+    free = torch.ones(B, T, device=x.device) if cond is None else (~cond.expanded_mask(B, T)).float()
+
+    def v_at(x, t):
+        return velocity(x, t * free)
+
+    def held(x):
+        return x if cond is None else cond.impose(x)
+
+    x = held(x)
+    steps = len(timesteps) - 1
+    for i in range(steps):
+        t, t_next = timesteps[i].item(), timesteps[i + 1].item()
+        dt = t_next - t
+        v = v_at(x, torch.full((B, T), t, device=x.device))
+        x_next = held(x + dt * v)
+        if solver == "heun":
+            # Trapezoidal corrector (Karras et al. 2022, Alg. 1). It is applied on the last step too:
+            # the flow velocity is defined at t = 0, unlike the sigma-parametrised denoiser there.
+            v_next = v_at(x_next, torch.full((B, T), t_next, device=x.device))
+            x_next = held(x + dt * 0.5 * (v + v_next))
+        x = x_next
+        if on_step is not None:
+            on_step(i + 1, steps)
+    return x
+
+
+def pad_text(text: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad (B, L, D) tokens and their (B, L) mask to ``length`` with masked zeros."""
+    extra = length - text.shape[1]
+    return F.pad(text, (0, 0, 0, extra)), F.pad(mask, (0, extra), value=False)
+
+
+def guided_velocity(dit, text_kv, guidance: float) -> Velocity:
+    """Velocity with classifier-free guidance. ``text_kv`` is ``dit.text_kv`` of the 2B prompts
+    [conditional; unconditional or negative] when guidance != 1, of the B prompts otherwise."""
+    if guidance == 1.0:
+        return lambda x, t: dit(x, t, text_kv=text_kv)
+
+    def velocity(x, t):
+        v = dit(torch.cat([x, x]), torch.cat([t, t]), text_kv=text_kv)  # (2B, c, T, h, w)
+        v_cond, v_uncond = v.float().chunk(2)
+        return v_uncond + guidance * (v_cond - v_uncond)
+
+    return velocity
+
+
+def generate(dit, text: torch.Tensor, text_mask: torch.Tensor, shape: tuple[int, int, int, int, int],
+             config: SamplerConfig = SamplerConfig(), *, negative: tuple[torch.Tensor, torch.Tensor] | None = None,
+             cond: FrameCondition | None = None, on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Text embeddings (B, L, D_text) + mask (B, L) -> latents of ``shape`` (B, c, T, h, w), fp32.
+
+    ``negative``: (tokens, mask) of negative prompts (B or 1 rows) used in place of the empty
+    prompt for guidance. ``cond``: clean latent frames to keep (see FrameCondition).
+    """
+    B, c, T, h, w = shape
+    if text.shape[0] != B:
+        raise VideoditError(f"generate: {text.shape[0]} prompts for a batch of {B} latents")
+    device = next(dit.parameters()).device
+    text, text_mask = text.to(device), text_mask.to(device)
+    # Noise drawn on the CPU from the seed, so a seed gives the same video on every device.
+    generator = torch.Generator().manual_seed(config.seed)
+    x = torch.randn(shape, generator=generator).to(device)
+
+    pt, ph, pw = dit.config.patch
+    shift = config.shift if config.shift is not None else flow.resolution_shift((T // pt) * (h // ph) * (w // pw))
+    timesteps = flow.sampling_timesteps(config.steps, shift)
+
+    if config.guidance != 1.0:
+        if negative is None:
+            neg_text, neg_mask = text.new_zeros(B, 1, text.shape[2]), text_mask.new_zeros(B, 1)
+        else:
+            neg_text, neg_mask = (n.to(device).expand(B, *n.shape[1:]) for n in negative)
+        length = max(text.shape[1], neg_text.shape[1])
+        text, text_mask = (torch.cat(pair) for pair in zip(pad_text(text, text_mask, length),
+                                                            pad_text(neg_text, neg_mask, length)))
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=config.bf16)
+    with torch.inference_mode(), autocast:
+        # One autocast region for the whole loop: the bf16 copies of the weights are made once.
+        text_kv = dit.text_kv(text, text_mask)
+        velocity = guided_velocity(dit, text_kv, config.guidance)
+        return solve(velocity, x, timesteps, config.solver, cond, on_step).float()
