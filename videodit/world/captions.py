@@ -230,7 +230,7 @@ def _short(scene: Scene, draw: RandomDraw) -> str:
         n0, n1 = (_noun(o, ball, size=size, speed_adjective=True) for o in objs)
         return f"{n0} and {n1} {draw.pick(('colliding', 'bouncing off each other', 'rolling into each other'))}{tail}"
     o = objs[0]   # occlusion
-    how = draw.pick(("passing behind a wall", "sliding{s} " + o.motion + " behind a gray wall",
+    how = draw.pick(("passing{s} " + o.motion + " behind a wall", "sliding{s} " + o.motion + " behind a gray wall",
                      "moving{s} " + o.motion + " behind a wall"))
     return f"{nouns[0]} {_with_speed(how, o.speed)}{tail}"
 

@@ -41,8 +41,10 @@ def _inside(shape: str, size_px: float, dx: np.ndarray, dy: np.ndarray) -> np.nd
 
 
 def _draw_object(canvas: np.ndarray, shape: str, size: str, cx: np.ndarray, cy: np.ndarray,
-                 color: tuple[int, int, int]) -> None:
-    """Blend one object into ``canvas`` (F, H, W, 3) float32 at centroids cx, cy (F,) in px."""
+                 color: tuple[int, int, int], wall: tuple[float, ...] | None) -> None:
+    """Blend one object into ``canvas`` (F, H, W, 3) float32 at centroids cx, cy (F,) in px.
+    Samples inside ``wall`` (x0, x1, y0, y1 px) are left out: the wall drawn later hides them, and
+    without this an object fully behind the wall would tint the wall's anti-aliased edge pixels."""
     F, H, W, _ = canvas.shape
     S = SUPERSAMPLE
     left, right, up, down = (e * H for e in extents(shape, size))
@@ -55,6 +57,10 @@ def _draw_object(canvas: np.ndarray, shape: str, size: str, cx: np.ndarray, cy: 
     dx = ox[:, None] + sub_x[None, :] - cx[:, None]                # (F, nw*S)
     dy = oy[:, None] + sub_y[None, :] - cy[:, None]                # (F, nh*S)
     inside = _inside(shape, SIZES[size] * H, dx[:, None, :], dy[:, :, None])   # (F, nh*S, nw*S)
+    if wall is not None:
+        sx = (ox[:, None] + sub_x[None, :])[:, None, :]            # (F, 1, nw*S) sample x, px
+        sy = (oy[:, None] + sub_y[None, :])[:, :, None]            # (F, nh*S, 1)
+        inside &= ~((sx >= wall[0]) & (sx <= wall[1]) & (sy >= wall[2]) & (sy <= wall[3]))
     cover = inside.reshape(F, nh, S, nw, S).mean(axis=(2, 4), dtype=np.float32)  # (F, nh, nw)
 
     frame = np.arange(F)[:, None, None]
@@ -76,10 +82,11 @@ def render(scene: Scene) -> np.ndarray:
     canvas = np.empty((F, H, W, 3), np.float32)
     canvas[:] = np.asarray(BACKGROUNDS[scene.background], np.float32)
     xs, ys, _ = scene.states()
+    wall = None if scene.wall is None else tuple(v * H for v in scene.wall)   # px
     for i, obj in enumerate(scene.objects):
-        _draw_object(canvas, obj.shape, obj.size, xs[i] * H, ys[i] * H, COLORS[obj.color])
-    if scene.wall is not None:
-        x0, x1, y0, y1 = (v * H for v in scene.wall)
+        _draw_object(canvas, obj.shape, obj.size, xs[i] * H, ys[i] * H, COLORS[obj.color], wall)
+    if wall is not None:
+        x0, x1, y0, y1 = wall
         cover = _box_cover(H, y0, y1)[:, None, None] * _box_cover(W, x0, x1)[None, :, None]   # (H, W, 1)
         canvas = canvas * (1 - cover) + np.asarray(WALL_RGB, np.float32) * cover
     return np.rint(canvas).astype(np.uint8)

@@ -76,24 +76,34 @@ OCCLUSION_SLACK = 0.01       # H; keeps a frame strictly inside the fully hidden
 
 # ---------------------------------------------------------------- canvas and arguments
 
-def _nearest_side(n: int) -> int:
-    return min(MAX_SIDE, max(MIN_SIDE, SIDE_STEP * round(n / SIDE_STEP)))
+def _nearest_side(n: int) -> str:
+    """The valid side(s) nearest to n: '48', or '32 or 48' when n is halfway."""
+    low = min(MAX_SIDE, max(MIN_SIDE, SIDE_STEP * (n // SIDE_STEP)))
+    high = min(MAX_SIDE, max(MIN_SIDE, low + SIDE_STEP if n % SIDE_STEP else low))
+    if n - low == high - n and low != high:
+        return f"{low} or {high}"
+    return str(low if abs(n - low) < abs(high - n) else high)
 
 
 def check_canvas(width: int, height: int, frames: int) -> None:
     """Raise VideoditError unless (width, height, frames) is a valid SynthWorld clip shape."""
     for name, n in (("width", width), ("height", height)):
         if not isinstance(n, (int, np.integer)) or n < MIN_SIDE or n > MAX_SIDE or n % SIDE_STEP:
-            raise VideoditError(f"{name} {n!r}: must be a multiple of {SIDE_STEP} from {MIN_SIDE} to {MAX_SIDE}; "
-                                f"nearest valid: {_nearest_side(int(n)) if isinstance(n, (int, float)) else 64}")
+            nearest = f"; nearest valid: {_nearest_side(int(n))}" if isinstance(n, (int, float)) else ""
+            raise VideoditError(f"{name} {n!r}: must be a multiple of {SIDE_STEP} from {MIN_SIDE} to {MAX_SIDE}"
+                                f"{nearest}")
     if width < MIN_ASPECT * height:
+        wider = SIDE_STEP * math.ceil(MIN_ASPECT * height / SIDE_STEP)
+        lower = SIDE_STEP * int(width / MIN_ASPECT / SIDE_STEP)
         raise VideoditError(f"size {width}x{height}: objects are sized by the height, so the width must be at least "
-                            f"{MIN_ASPECT:g} x height; nearest valid: {_nearest_side(math.ceil(MIN_ASPECT * height))}"
-                            f"x{height} or {width}x{_nearest_side(int(width / MIN_ASPECT))}")
+                            f"{MIN_ASPECT:g} x height; nearest valid: {wider}x{height} or {width}x{lower}")
     if not isinstance(frames, (int, np.integer)) or frames < 1 or (frames - 1) % 4:
-        low = 1 + 4 * max(0, (int(frames) - 1) // 4) if isinstance(frames, (int, float)) else 17
-        raise VideoditError(f"frames {frames!r}: must be 4k+1 (1, 5, 9, 17, 33, ...); nearest valid: "
-                            f"{low} or {low + 4}")
+        nearest = ""
+        if isinstance(frames, (int, float)):
+            low = 1 + 4 * max(0, (int(frames) - 1) // 4)
+            options = [v for v in (low, low + 4) if abs(v - frames) == min(abs(low - frames), abs(low + 4 - frames))]
+            nearest = "; nearest valid: " + " or ".join(map(str, options))
+        raise VideoditError(f"frames {frames!r}: must be 4k+1 (1, 5, 9, 17, 33, ...){nearest}")
 
 
 def parse_size(text: str | tuple[int, int], name: str = "size") -> tuple[int, int]:
@@ -523,6 +533,11 @@ def _family_possible(family: str, clip: _Clip) -> bool:
     if family == "occlusion":
         return any(_occlusion_fits(sh, z, s, clip) for sh in SHAPES for z in SIZES for s in SPEEDS)
     return True   # single, pair, count, relation: still objects always fit a valid canvas
+
+
+def family_possible(family: str, width: int, height: int, frames: int) -> bool:
+    """Whether ``family`` can happen in a width x height clip of ``frames`` frames."""
+    return _family_possible(family, _Clip(width / height, (frames - 1) / FPS, frames))
 
 
 def sample_scene(split: str, index: int, seed: int = 0, *, width: int = 64, height: int = 64,

@@ -1,0 +1,141 @@
+"""SynthWorld as a torch data set: an endless, sharded, resumable stream that stores nothing.
+
+Each global index i is one sample, a pure function of (config, i):
+- the clip shape (size, frames) is drawn per block of ``block`` consecutive indices, so a batch
+  made of one block has one shape and collates with the default collate function;
+- the family is drawn per index (all families: exactly ``videodit.world.make_sample(family=None)``;
+  a subset: uniformly among those of the subset that fit the clip shape);
+- the caption is the canonical one, a paraphrase or a short prompt with the ``caption_mix`` odds.
+
+Sharding: blocks are dealt round-robin to (rank, DataLoader worker) pairs, rank from
+torch.distributed when it is initialised. With ``batch_size`` a multiple of ``block`` every batch
+has one shape.
+
+Resuming: a trainer passes ``start`` = the number of samples consumed so far across all ranks
+(steps x global batch size). Every sample is then produced as if the stream had never stopped
+when each rank has consumed a multiple of ``num_workers`` batches (always with 0 or 1 workers);
+otherwise a few samples repeat or are skipped, which does not matter for an endless synthetic
+stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from videodit.errors import VideoditError
+from videodit.video import frames_to_tensor
+from videodit.world.captions import canonical_caption, paraphrases, short_prompts
+from videodit.world.render import render
+from videodit.world.scene import (FAMILIES, SPLITS, RandomDraw, check_canvas, family_possible, parse_size,
+                                  sample_scene, seed_entropy)
+
+# Purposes of the stream's own random draws (the scene and its captions use 0 and 1).
+_SHAPE_DRAW, _INDEX_DRAW = 2, 3
+
+
+@dataclass(frozen=True)
+class SynthWorldConfig:
+    split: str = field(default="train", metadata={"help": "train or eval (eval shows held-out colour/shape pairs)"})
+    seed: int = field(default=0, metadata={"help": "world seed; the same seed gives the same stream"})
+    sizes: tuple[str, ...] = field(default=("64x64",), metadata={
+        "help": "clip sizes WxH (multiples of 16, 32..512), one drawn per block"})
+    frames: tuple[int, ...] = field(default=(17,), metadata={"help": "frame counts 4k+1, one drawn per block"})
+    families: tuple[str, ...] = field(default=FAMILIES, metadata={"help": f"scene families from {', '.join(FAMILIES)}"})
+    caption_mix: tuple[float, ...] = field(default=(0.5, 0.35, 0.15), metadata={
+        "help": "odds of the canonical caption, a paraphrase and a short prompt"})
+    start: int = field(default=0, metadata={"help": "first global sample index (samples already consumed, to resume)"})
+    block: int = field(default=1, metadata={"help": "consecutive samples sharing one clip shape and one shard"})
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise VideoditError(f"split {self.split!r}: choose one of {', '.join(SPLITS)}")
+        if not self.sizes or not self.frames or not self.families:
+            raise VideoditError("sizes, frames and families each need at least one value")
+        unknown = [f for f in self.families if f not in FAMILIES]
+        if unknown:
+            raise VideoditError(f"families {unknown}: unknown; choose from {', '.join(FAMILIES)}")
+        for w, h in self.shapes:
+            for f in self.frames:
+                check_canvas(w, h, f)
+                if not any(family_possible(fam, w, h, f) for fam in self.families):
+                    raise VideoditError(f"no family of {list(self.families)} fits a {w}x{h} clip of {f} frames")
+        if len(self.caption_mix) != 3 or min(self.caption_mix) < 0 or sum(self.caption_mix) <= 0:
+            raise VideoditError(f"caption_mix {self.caption_mix}: need 3 non-negative odds "
+                                f"(canonical, paraphrase, short), not all zero")
+        for name, value, low in (("seed", self.seed, 0), ("start", self.start, 0), ("block", self.block, 1)):
+            if value < low:
+                raise VideoditError(f"{name} {value}: must be >= {low}")
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        return [parse_size(s, name="sizes") for s in self.sizes]
+
+
+def synthworld_item(config: SynthWorldConfig, index: int) -> dict:
+    """Sample ``index`` of the stream: {"video": (3, F, H, W) float in [-1, 1], "caption", "index"}."""
+    block = RandomDraw(seed_entropy(config.split, index // config.block, config.seed, None, _SHAPE_DRAW))
+    width, height = block.pick(config.shapes)
+    frames = block.pick(config.frames)
+    draw = RandomDraw(seed_entropy(config.split, index, config.seed, None, _INDEX_DRAW))
+    family = None
+    if tuple(config.families) != FAMILIES:
+        family = draw.pick([f for f in config.families if family_possible(f, width, height, frames)])
+    scene = sample_scene(config.split, index, config.seed, width=width, height=height, frames=frames, family=family)
+    words = RandomDraw(seed_entropy(config.split, index, config.seed, family, purpose=1))
+    canonical, paraphrase, _ = config.caption_mix
+    u = draw.uniform(0.0, sum(config.caption_mix))
+    if u < canonical:
+        caption = canonical_caption(scene)
+    elif u < canonical + paraphrase:
+        caption = draw.pick(paraphrases(scene, words))
+    else:
+        caption = draw.pick(short_prompts(scene, words))
+    return {"video": frames_to_tensor(render(scene)), "caption": caption, "index": index}
+
+
+def _shard() -> tuple[int, int]:
+    """(this reader's shard, number of shards) over torch.distributed ranks x DataLoader workers."""
+    rank, world = 0, 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    info = torch.utils.data.get_worker_info()
+    worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    return rank * workers + worker, world * workers
+
+
+class SynthWorldStream(torch.utils.data.IterableDataset):
+    """Endless SynthWorld samples from ``config.start`` on, this reader's shard only."""
+
+    def __init__(self, config: SynthWorldConfig = SynthWorldConfig()):
+        super().__init__()
+        self.config = config
+
+    def __iter__(self):
+        shard, shards = _shard()
+        block, start = self.config.block, self.config.start
+        first = start // block
+        b = first + (shard - first) % shards          # this shard's first block at or after `start`
+        while True:
+            for index in range(max(b * block, start), (b + 1) * block):
+                yield synthworld_item(self.config, index)
+            b += shards
+
+
+class SynthWorldDataset(torch.utils.data.Dataset):
+    """Map-style view of the same samples: item i is stream index ``config.start + i`` (fixed
+    evaluation sets, random access)."""
+
+    def __init__(self, config: SynthWorldConfig, length: int):
+        if length < 1:
+            raise VideoditError(f"length {length}: need at least 1 sample")
+        self.config, self.length = config, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < self.length:
+            raise IndexError(f"SynthWorldDataset index {i} out of range 0..{self.length - 1}")
+        return synthworld_item(self.config, self.config.start + i)
