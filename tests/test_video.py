@@ -75,6 +75,33 @@ def test_gif_and_webp_round_trip_exactly_with_fps(tmp_path, moving_disc, suffix,
     assert video.fps == fps
 
 
+def test_gif_keeps_a_colour_seen_in_one_frame_and_approximates_many_colours(tmp_path, moving_disc):
+    clip = moving_disc(frames=17)
+    clip[15, :4, :4] = (10, 250, 10)  # only in frame 15, which a 16-frame palette sample skips
+    np.testing.assert_array_equal(read_video(write_video(tmp_path / "a.gif", clip)).frames, clip)
+
+    # 64 * 64 * 5 distinct colours: the median-cut palette, each pixel its nearest entry.
+    ramp = np.arange(64 * 64 * 5, dtype=np.int64).reshape(5, 64, 64)  # (F, H, W)
+    smooth = np.stack([ramp % 256, (ramp // 256) * 3 % 256, ramp // 64 % 256], axis=-1).astype(np.uint8)
+    assert 25.0 < psnr(smooth, read_video(write_video(tmp_path / "b.gif", smooth)).frames) < math.inf
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".webp", ".mp4"])
+def test_repeated_frames_survive(tmp_path, suffix):
+    # A still SynthWorld scene repeats one frame; libwebp stores each run of equal frames once.
+    clip = np.zeros((9, 16, 16, 3), np.uint8)
+    clip[:, 4:8, 4:8] = 200
+    clip[5:, 0, 0] = 50  # two runs: frames 0-4 and 5-8
+    for frames in (clip, clip[:1].repeat(9, axis=0)):
+        video = read_video(write_video(tmp_path / f"clip{suffix}", frames, fps=30000 / 1001))
+        assert video.frames.shape == frames.shape
+        # Centisecond GIF delays cannot tell 29.97 fps from 30 over 9 frames; the simpler wins.
+        assert video.fps == (30.0 if suffix == ".gif" else pytest.approx(30000 / 1001, rel=1e-9))
+        assert read_video(tmp_path / f"clip{suffix}", max_frames=6).frames.shape[0] == 6
+        if suffix != ".mp4":
+            np.testing.assert_array_equal(video.frames, frames)
+
+
 @pytest.mark.parametrize("suffix", [".mov", ".mkv"])
 def test_other_h264_containers_keep_ntsc_rate(tmp_path, moving_disc, suffix):
     clip = moving_disc(frames=5)

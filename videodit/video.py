@@ -12,8 +12,9 @@ Files, chosen by suffix when writing and by content when reading:
   .gif            one global 256-colour palette; frame delays are whole 1/100 s, so the rate is
                   recovered as the simplest rate those delays fit (see _fps_from_timestamps).
   .webp           lossless animated WebP, through Pillow both ways: the FFmpeg inside PyAV 18
-                  decodes only still WebP (it skips the ANIM chunk), so Pillow is the one
-                  library here that round-trips it.
+                  decodes only still WebP (it skips the ANIM chunk). libwebp merges identical
+                  consecutive frames; an XMP tag with the rate and frame count lets
+                  read_video restore them (WebPs from elsewhere read as stored).
   folder          00000.png, 00001.png, ... (a path with no suffix, or an existing directory);
                   the rate travels in each PNG's "fps" text chunk.
   .png            one frame only: a still image.
@@ -175,8 +176,9 @@ def _read_with_pillow(path: Path, max_frames: int | None) -> Video:
     frames, durations_ms = [], []
     try:
         with Image.open(path) as im:
-            fps_text = im.info.get("fps")
+            info = dict(im.info)  # the first frame's: "fps" in our PNGs, "xmp" in our WebPs
             for frame in ImageSequence.Iterator(im):
+                # Loading the frame (convert) is what fills in its duration.
                 frames.append(np.asarray(ImageOps.exif_transpose(frame).convert("RGB")))
                 durations_ms.append(frame.info.get("duration"))
                 if max_frames is not None and len(frames) >= max_frames:
@@ -186,14 +188,27 @@ def _read_with_pillow(path: Path, max_frames: int | None) -> Video:
             raise VideoditError(f"{path}: cannot read as an image or animation ({e})") from None
         warnings.warn(f"{path}: decoding failed after {len(frames)} frames ({e}); "
                       f"returning the {len(frames)} frames decoded", stacklevel=3)
+    stored = np.stack(frames)  # (stored frames, H, W, 3)
+    written = _parse_webp_xmp(info.get("xmp"))
+    if written is not None:
+        # Our WebP: libwebp stored each run of identical frames as one frame lasting the whole
+        # run (it has no option to keep them). Frame i of the clip ends at round((i + 1) * 1000
+        # / fps) ms (_write_webp), so a stored frame's end time says how many it stands for.
+        fps, num_frames = written
+        if len(stored) == 1:
+            counts = [num_frames]  # Pillow reports no duration for a lone frame
+        else:
+            ends = np.round(np.cumsum(durations_ms) * fps / 1000).astype(int)
+            counts = np.diff(ends, prepend=0)
+        return Video(np.repeat(stored, counts, axis=0)[:max_frames], fps)
     fps = None
-    if len(frames) > 1 and all(durations_ms):
+    if len(stored) > 1 and all(durations_ms):
         # Frame durations are whole milliseconds: timestamps are their running sums.
         times = np.concatenate([[0], np.cumsum(durations_ms[:-1])]).tolist()
         fps = _fps_from_timestamps(times, durations_ms[-1], Fraction(1, 1000))
     if fps is None:
-        fps = _parse_fps_text(fps_text, path)
-    return Video(np.stack(frames), fps)
+        fps = _parse_fps_text(info.get("fps"), path)
+    return Video(stored, fps)
 
 
 def _read_png_folder(path: Path, max_frames: int | None) -> Video:
@@ -398,27 +413,43 @@ def _rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
 
 def _write_gif(path: Path, frames: np.ndarray, fps: float) -> None:
     import av
-    from PIL import Image
 
     num_frames, height, width, _ = frames.shape
-    # One palette for the whole clip (no flicker between frames), fitted by median cut to up to
-    # 16 frames spread over the clip; a SynthWorld clip has far fewer than 256 colours, so it
-    # round-trips exactly.
-    sample = frames[np.linspace(0, num_frames - 1, min(num_frames, 16)).round().astype(int)]
-    strip = Image.fromarray(sample.reshape(-1, width, 3))  # (S*H, W, 3): the sampled frames stacked
-    palette_image = strip.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    rgb_palette = np.asarray(palette_image.getpalette()[: 256 * 3], np.uint8).reshape(-1, 3)
+    palette, indices = _gif_palette(frames)
     argb = np.zeros((256, 4), np.uint8)  # PyAV's pal8 palette layout: (256, ARGB)
     argb[:, 0] = 255
-    argb[: len(rgb_palette), 1:] = rgb_palette
+    argb[: len(palette), 1:] = palette
     with av.open(str(path), "w") as container:
         stream = container.add_stream("gif", rate=_av_rate(fps))
         stream.width, stream.height, stream.pix_fmt = width, height, "pal8"
-        for rgb in frames:
-            indices = Image.fromarray(rgb).quantize(palette=palette_image, dither=Image.Dither.NONE)
-            frame = av.VideoFrame.from_ndarray((np.asarray(indices), argb), format="pal8")
+        for frame_indices in indices:
+            frame = av.VideoFrame.from_ndarray((frame_indices, argb), format="pal8")
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
+
+
+def _gif_palette(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One palette for the whole clip (so colours do not flicker between frames): (P, 3) uint8
+    RGB with P <= 256, and each pixel's palette index, (F, H, W) uint8.
+
+    A clip with at most 256 distinct colours (any SynthWorld clip: ~10-35) gets exactly those,
+    so it round-trips losslessly; otherwise median cut over up to 16 frames spread over the clip
+    picks the palette and each pixel takes the nearest entry."""
+    from PIL import Image
+
+    num_frames, height, width, _ = frames.shape
+    packed = (frames[..., 0].astype(np.uint32) << 16) | (frames[..., 1].astype(np.uint32) << 8) | frames[..., 2]
+    colours, inverse = np.unique(packed, return_inverse=True)
+    if len(colours) <= 256:
+        palette = np.stack([colours >> 16, (colours >> 8) & 255, colours & 255], axis=1).astype(np.uint8)
+        return palette, inverse.reshape(frames.shape[:3]).astype(np.uint8)
+    sample = frames[np.unique(np.linspace(0, num_frames - 1, min(num_frames, 16)).round().astype(int))]
+    strip = Image.fromarray(sample.reshape(-1, width, 3))  # (S*H, W, 3): the sampled frames stacked
+    palette_image = strip.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    palette = np.asarray(palette_image.getpalette()[: 256 * 3], np.uint8).reshape(-1, 3)
+    indices = np.stack([np.asarray(Image.fromarray(f).quantize(palette=palette_image, dither=Image.Dither.NONE))
+                        for f in frames])
+    return palette, indices
 
 
 def _write_webp(path: Path, frames: np.ndarray, fps: float) -> None:
@@ -429,8 +460,30 @@ def _write_webp(path: Path, frames: np.ndarray, fps: float) -> None:
     ends = np.round(np.arange(1, len(frames) + 1) * 1000 / fps).astype(int)
     durations = np.diff(ends, prepend=0).tolist()
     images = [Image.fromarray(f) for f in frames]
+    xmp = _WEBP_XMP.format(fps=repr(float(fps)), frames=len(frames)).encode()
     images[0].save(path, format="WEBP", save_all=len(images) > 1, append_images=images[1:],
-                   duration=durations, loop=0, lossless=True, quality=WEBP_QUALITY)
+                   duration=durations, loop=0, lossless=True, quality=WEBP_QUALITY, xmp=xmp)
+
+
+# The exact rate and frame count, so that reading can undo libwebp's merging of identical frames.
+_WEBP_XMP = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+             '<rdf:Description xmlns:videodit="urn:videodit:video:1" videodit:fps="{fps}" videodit:frames="{frames}"/>'
+             '</rdf:RDF></x:xmpmeta>')
+
+
+def _parse_webp_xmp(xmp: bytes | str | None) -> tuple[float, int] | None:
+    if xmp is None:
+        return None
+    text = xmp.decode("utf-8", "replace") if isinstance(xmp, bytes) else xmp
+    fps = re.search(r'videodit:fps="([^"]+)"', text)
+    num_frames = re.search(r'videodit:frames="(\d+)"', text)
+    if fps is None or num_frames is None:
+        return None
+    try:
+        rate = float(fps.group(1))
+    except ValueError:
+        return None
+    return (rate, int(num_frames.group(1))) if math.isfinite(rate) and rate > 0 else None
 
 
 def _save_png(path: Path, frame: np.ndarray, fps: float) -> None:
