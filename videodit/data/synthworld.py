@@ -26,7 +26,7 @@ import torch
 
 from videodit.errors import VideoditError
 from videodit.video import frames_to_tensor
-from videodit.world.captions import canonical_caption, paraphrases, short_prompts
+from videodit.world.captions import canonical_caption, scene_captions
 from videodit.world.render import render
 from videodit.world.scene import (FAMILIES, SPLITS, RandomDraw, check_canvas, family_possible, parse_size,
                                   sample_scene, seed_entropy)
@@ -83,15 +83,13 @@ def synthworld_item(config: SynthWorldConfig, index: int) -> dict:
     if tuple(config.families) != FAMILIES:
         family = draw.pick([f for f in config.families if family_possible(f, width, height, frames)])
     scene = sample_scene(config.split, index, config.seed, width=width, height=height, frames=frames, family=family)
-    words = RandomDraw(seed_entropy(config.split, index, config.seed, family, purpose=1))
     canonical, paraphrase, _ = config.caption_mix
     u = draw.uniform(0.0, sum(config.caption_mix))
     if u < canonical:
         caption = canonical_caption(scene)
-    elif u < canonical + paraphrase:
-        caption = draw.pick(paraphrases(scene, words))
     else:
-        caption = draw.pick(short_prompts(scene, words))
+        _, paraphrases, shorts = scene_captions(scene)
+        caption = draw.pick(paraphrases if u < canonical + paraphrase else shorts)
     return {"video": frames_to_tensor(render(scene)), "caption": caption, "index": index}
 
 

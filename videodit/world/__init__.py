@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from videodit.world.captions import canonical_caption, paraphrases, short_prompts
+from videodit.world.captions import scene_captions
 from videodit.world.physics import FPS
 from videodit.world.render import render
-from videodit.world.scene import FAMILIES, Scene, RandomDraw, check_canvas, parse_size, sample_scene, seed_entropy, truth_record
+from videodit.world.scene import FAMILIES, Scene, check_canvas, family_possible, parse_size, sample_scene, truth_record
 
-__all__ = ["FAMILIES", "FPS", "Sample", "Scene", "check_canvas", "make_sample", "parse_size", "sample_scene"]
+__all__ = ["FAMILIES", "FPS", "Sample", "Scene", "check_canvas", "family_possible", "make_sample", "parse_size",
+           "sample_scene"]
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,7 @@ def make_sample(split: str, index: int, seed: int = 0, *, width: int = 64, heigh
                 frames: int = 17, family: str | None = None) -> Sample:
     """Sample ``index`` of ``split``: a pure function of all its arguments, bit for bit."""
     scene = sample_scene(split, index, seed, width=width, height=height, frames=frames, family=family)
-    words = RandomDraw(seed_entropy(split, index, seed, family, purpose=1))
-    caption, para, short = canonical_caption(scene), paraphrases(scene, words), short_prompts(scene, words)
+    caption, para, short = scene_captions(scene)
     truth = truth_record(scene)
     truth.update(caption=caption, paraphrases=para, short=short)
     return Sample(frames=render(scene), caption=caption, paraphrases=para, short=short, truth=truth, scene=scene)

@@ -16,7 +16,7 @@ Every caption agrees with the scene:
 
 from __future__ import annotations
 
-from videodit.world.scene import RandomDraw, Scene, SceneObject
+from videodit.world.scene import RandomDraw, Scene, SceneObject, seed_entropy
 
 N_PARAPHRASES = 5
 N_SHORT = 3
@@ -237,3 +237,9 @@ def _short(scene: Scene, draw: RandomDraw) -> str:
 
 def short_prompts(scene: Scene, draw: RandomDraw) -> list[str]:
     return _distinct(lambda d: _short(scene, d), draw, N_SHORT)
+
+
+def scene_captions(scene: Scene) -> tuple[str, list[str], list[str]]:
+    """(canonical caption, paraphrases, short prompts), drawn from the scene's own caption stream."""
+    draw = RandomDraw(seed_entropy(scene.split, scene.index, scene.seed, scene.family, purpose=1))
+    return canonical_caption(scene), paraphrases(scene, draw), short_prompts(scene, draw)
