@@ -1,0 +1,78 @@
+"""The DiT trainer: conditioning masks, exact resume, bundle output, CLI errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from videodit.errors import VideoditError
+from videodit.train.dit import COND_MODES, DiTTrainConfig, conditioning_masks, train_dit
+from videodit.vae import PRESETS, VideoVAE
+
+
+@pytest.fixture(scope="module")
+def tiny_vae(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vae")
+    VideoVAE(PRESETS["tiny"]).save_pretrained(path)
+    return path
+
+
+def _cfg(tmp_path, vae, **changes) -> DiTTrainConfig:
+    base = DiTTrainConfig(preset="tiny", out=str(tmp_path / "run"), vae=str(vae), steps=4, batch_size=2,
+                          sizes=("32x32",), frames=(5,), sample_every=0, save_every=2, warmup_steps=2,
+                          log_every=1, threads=1)
+    return dataclasses.replace(base, **changes)
+
+
+def test_conditioning_masks_cover_every_mode():
+    gen = torch.Generator().manual_seed(0)
+    T = 5
+    modes = torch.arange(len(COND_MODES))
+    masks = conditioning_masks(modes, T, gen)
+    by_mode = dict(zip(COND_MODES, masks.tolist()))
+    assert by_mode["none"] == [False] * T
+    assert by_mode["first"] == [True, False, False, False, False]
+    assert by_mode["last"] == [False, False, False, False, True]
+    assert by_mode["ends"] == [True, False, False, False, True]
+    lead, trail = by_mode["lead"], by_mode["trail"]
+    k = sum(lead)
+    assert 1 <= k <= T - 1 and lead == [True] * k + [False] * (T - k)
+    k = sum(trail)
+    assert 1 <= k <= T - 1 and trail == [False] * (T - k) + [True] * k
+
+
+def test_conditioning_never_covers_every_frame():
+    gen = torch.Generator().manual_seed(1)
+    for T in (1, 2, 3):
+        modes = torch.arange(len(COND_MODES)).repeat(20)
+        masks = conditioning_masks(modes, T, gen)
+        assert not masks.all(dim=1).any(), f"T={T}: a clip with nothing left to generate"
+
+
+def test_resume_is_exact_and_writes_a_bundle(tmp_path, tiny_vae):
+    straight = train_dit(_cfg(tmp_path / "a", tiny_vae))
+    # Stop after 2 steps, then resume to 4.
+    train_dit(_cfg(tmp_path / "b", tiny_vae, steps=2))
+    resumed = train_dit(_cfg(tmp_path / "b", tiny_vae, steps=4))
+    from safetensors.torch import load_file
+
+    a = load_file(straight / "dit" / "model.safetensors")
+    b = load_file(resumed / "dit" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert (straight / "config.json").is_file() and (straight / "vae" / "model.safetensors").is_file()
+    log = (tmp_path / "a" / "run" / "log.csv").read_text().splitlines()
+    assert log[0].startswith("step,loss") and len(log) == 5
+
+
+def test_bad_config_is_a_clear_error(tmp_path, tiny_vae):
+    with pytest.raises(VideoditError, match="cond-mix"):
+        train_dit(_cfg(tmp_path, tiny_vae, cond_mix=(1.0, 0.0)))
+    with pytest.raises(VideoditError, match="preset"):
+        train_dit(_cfg(tmp_path, tiny_vae, preset="huge"))
+    with pytest.raises(VideoditError, match="VAE bundle|not found|config.json"):
+        train_dit(_cfg(tmp_path, tmp_path / "missing"))

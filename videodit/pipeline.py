@@ -1,0 +1,216 @@
+"""Text (+ image / video) -> video: the whole model in one object, loaded once.
+
+    pipe = Pipeline.load()                      # the bundled model, or Pipeline.load("path/to/bundle")
+    frames = pipe("A red ball bounces on a black background.", frames=17, size=(64, 64), seed=0)
+    # frames: (F, H, W, 3) uint8
+
+A model bundle is a folder (DESIGN.md: config.json + safetensors, never pickle):
+    config.json          {"text": TextEncoderConfig fields, "sampler": SamplerConfig defaults}
+    vae/                 config.json + model.safetensors   (videodit.vae.VideoVAE)
+    dit/                 config.json + model.safetensors   (videodit.dit.DiT)
+Loading checks every key and shape and names the file that does not fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from videodit.config import from_dict, to_dict
+from videodit.dit import DiT, DiTConfig
+from videodit.errors import VideoditError
+from videodit.sample import FrameCondition, SamplerConfig, generate
+from videodit.text import TextEncoder, TextEncoderConfig
+from videodit.vae import TEMPORAL_STRIDE, VideoVAE
+from videodit.video import tensor_to_frames
+
+BUNDLED = Path(__file__).resolve().parent / "assets" / "bundle"
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)  # the bundle's default settings
+    size: tuple[int, int] = (64, 64)  # default (width, height)
+    frames: int = 17  # default frame count
+    fps: float = 8.0
+
+
+def _read_bundle_config(path: Path) -> BundleConfig:
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise VideoditError(f"{path}: not a model bundle (no config.json; expected config.json, vae/, dit/)")
+    try:
+        data = json.loads(cfg_path.read_text())
+        return BundleConfig(text=from_dict(TextEncoderConfig, data.pop("text", {}), str(cfg_path)),
+                            sampler=from_dict(SamplerConfig, data.pop("sampler", {}), str(cfg_path)),
+                            **{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    except (json.JSONDecodeError, TypeError) as e:
+        raise VideoditError(f"{cfg_path}: not a valid bundle config ({e})") from None
+
+
+def load_dit(path: str | Path, device: str | torch.device = "cpu") -> DiT:
+    from videodit.train.checkpoint import load_safetensors_checked
+
+    path = Path(path)
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise VideoditError(f"{path}: not a DiT bundle (no config.json; expected config.json + model.safetensors)")
+    try:
+        cfg = from_dict(DiTConfig, json.loads(cfg_path.read_text()), source=str(cfg_path))
+    except json.JSONDecodeError as e:
+        raise VideoditError(f"{cfg_path}: not valid JSON ({e})") from None
+    dit = DiT(cfg)
+    load_safetensors_checked(dit, path / "model.safetensors")
+    return dit.to(device).eval()
+
+
+def save_dit(dit: DiT, path: str | Path) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(to_dict(dit.config), indent=2) + "\n")
+    save_file({k: v.detach().contiguous().cpu() for k, v in dit.state_dict().items()}, str(path / "model.safetensors"))
+    return path
+
+
+def available_memory() -> int:
+    """Bytes of memory the OS can give us now (MemAvailable), or 0 when unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class Pipeline:
+    """VAE + DiT + text encoder, with the bundle's default settings. See the module docstring."""
+
+    def __init__(self, vae: VideoVAE, dit: DiT, text: TextEncoder, config: BundleConfig = BundleConfig()):
+        if dit.config.in_channels != vae.cfg.latent_channels:
+            raise VideoditError(f"DiT takes {dit.config.in_channels} latent channels, the VAE makes "
+                                f"{vae.cfg.latent_channels}")
+        if dit.config.text_dim != text.dim:
+            raise VideoditError(f"DiT takes text of width {dit.config.text_dim}, the text encoder makes {text.dim}")
+        self.vae, self.dit, self.text, self.config = vae.eval(), dit.eval(), text, config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.dit.parameters()).device
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> Pipeline:
+        path = BUNDLED if path is None else Path(path)
+        if not path.exists():
+            hint = " (the bundled model is missing from this install)" if path == BUNDLED else ""
+            raise VideoditError(f"{path}: model bundle not found{hint}")
+        config = _read_bundle_config(path)
+        vae = VideoVAE.from_pretrained(path / "vae", device=device)
+        dit = load_dit(path / "dit", device=device)
+        return cls(vae, dit, TextEncoder(config.text, device=device), config)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.vae.save_pretrained(path / "vae")
+        save_dit(self.dit, path / "dit")
+        (path / "config.json").write_text(json.dumps(to_dict(self.config), indent=2) + "\n")
+        return path
+
+    # -- checks ---------------------------------------------------------------------------------
+    def latent_shape(self, frames: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+        """(c, T, h, w) for a clip of ``frames`` at ``size`` = (width, height); clear errors with
+        the nearest valid values for anything the VAE and DiT cannot take."""
+        if frames < 1 or (frames - 1) % TEMPORAL_STRIDE:
+            k = max(0, (frames - 1) // TEMPORAL_STRIDE)
+            near = sorted({4 * k + 1, 4 * k + 5})
+            raise VideoditError(f"frames={frames}: must be 4k+1 (1, 5, 9, 17, 33, ...); nearest: "
+                                f"{' or '.join(map(str, near))}")
+        pt, ph, pw = self.dit.config.patch
+        s = self.vae.cfg.spatial_stride
+        width, height = size
+        for name, value, p in (("width", width, pw), ("height", height, ph)):
+            step = s * p
+            if value < step or value % step:
+                lo, hi = max(step, value // step * step), (value // step + 1) * step
+                raise VideoditError(f"{name} {value}: must be a multiple of {step} (VAE stride {s} x patch {p}); "
+                                    f"nearest: {lo} or {hi}")
+        T = (frames - 1) // TEMPORAL_STRIDE + 1
+        if T % pt:
+            raise VideoditError(f"frames={frames}: {T} latent frames is not a multiple of the DiT's time patch {pt}")
+        return self.vae.cfg.latent_channels, T, height // s, width // s
+
+    def check_memory(self, batch: int, frames: int, size: tuple[int, int], guidance: float) -> None:
+        """Refuse requests whose rough peak memory exceeds what the machine has free."""
+        width, height = size
+        c, T, h, w = self.latent_shape(frames, size)
+        pt, ph, pw = self.dit.config.patch
+        rows = batch * (2 if guidance != 1.0 else 1)
+        tokens = (T // pt) * (h // ph) * (w // pw)
+        # DiT: activations of one block at a time (~12 x width per token, fp32) plus attention
+        # (the CPU flash kernel is blockwise, but the math fallback builds the full score matrix).
+        dit_bytes = rows * tokens * self.dit.config.dim * 4 * 12 + rows * self.dit.config.heads * tokens ** 2 * 4
+        # VAE decoder: a few full-resolution feature maps of its widest layer at once.
+        vae_bytes = batch * frames * height * width * self.vae.cfg.base_channels * max(self.vae.cfg.channel_mults) * 4 * 4
+        need = dit_bytes + vae_bytes
+        free = available_memory()
+        if free and need > free:
+            raise VideoditError(f"this request needs about {need / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB "
+                                f"is free: lower --frames, --size or the batch")
+
+    # -- generation -----------------------------------------------------------------------------
+    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.text.encode(list(prompts))
+
+    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, 3, F, H, W) in [-1, 1] -> normalised latents (B, c, T, h, w), as the DiT sees them."""
+        with torch.inference_mode():
+            return self.vae.normalize(self.vae.encode(frames.to(self.device)))
+
+    def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
+        """Normalised latents (B, c, T, h, w) -> uint8 frames (B, F, H, W, 3)."""
+        with torch.inference_mode():
+            video = self.vae.decode(self.vae.denormalize(latents.to(self.device)))
+        return tensor_to_frames(video.float().clamp(-1, 1).cpu())
+
+    def generate_latents(self, prompts: list[str], *, frames: int, size: tuple[int, int],
+                         sampler: SamplerConfig, negative: str = "", cond: FrameCondition | None = None,
+                         on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        c, T, h, w = self.latent_shape(frames, size)
+        self.check_memory(len(prompts), frames, size, sampler.guidance)
+        text, mask = self.encode_prompts(prompts)
+        neg = self.encode_prompts([negative]) if negative else None
+        return generate(self.dit, text, mask, (len(prompts), c, T, h, w), sampler, negative=neg, cond=cond,
+                        on_step=on_step)
+
+    def __call__(self, prompt: str | list[str], *, frames: int | None = None, size: tuple[int, int] | None = None,
+                 steps: int | None = None, guidance: float | None = None, seed: int = 0, negative: str = "",
+                 solver: str | None = None, cond: FrameCondition | None = None,
+                 on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """One prompt -> (F, H, W, 3) uint8; a list of prompts -> (B, F, H, W, 3). Unset settings
+        take the bundle's defaults. The empty prompt generates unconditionally."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise VideoditError("no prompts given")
+        changes = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("solver", solver)) if v is not None}
+        sampler = dataclasses.replace(self.config.sampler, seed=seed, **changes)
+        latents = self.generate_latents(prompts, frames=frames or self.config.frames, size=size or self.config.size,
+                                        sampler=sampler, negative=negative, cond=cond, on_step=on_step)
+        out = self.decode_latents(latents)
+        return out[0] if isinstance(prompt, str) else out
+
+
+def default_threads() -> None:
+    """Use every core for intra-op parallelism unless the user set OMP_NUM_THREADS."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(os.cpu_count() or 1)

@@ -1,0 +1,320 @@
+"""Train the text-to-video DiT by flow matching (``videodit train``).
+
+One step, per process:
+  SynthWorld clips (one size and duration per batch) --VAE.encode (frozen)--> normalised latents
+  captions (some dropped to "" for guidance) --text encoder (frozen, cached)--> tokens + mask
+  per example a conditioning mode (none, first frame, last frame, both ends, a leading clip, a
+  trailing clip, with ``cond_mix`` odds): those latent frames stay clean at t = 0
+  t ~ logit-normal, shifted for the token count; x_t = (1 - t) x0 + t eps; loss = |v - (eps - x0)|^2
+  over the frames that are not conditioning frames (videodit.flow).
+
+Exact resume: every random draw of step s (caption dropout, conditioning modes, t, noise) comes
+from a generator seeded by (seed, s, rank), and the data stream restarts at
+``data_position = s * global batch``, so "N steps straight" and "k steps, stop, resume, N - k
+steps" give the same weights. Data-parallel: the same program under torchrun (DDP; gloo on CPU,
+NCCL on CUDA), each rank reading its own shard of the stream.
+
+Outputs under ``out``: checkpoint.pt (full state, atomic), log.csv (loss, lr, grad norm, it/s),
+eval.csv (evaluator metrics on sample videos), samples/step_NNNNNN/*.mp4, and bundle/ (the EMA
+model as a complete model bundle: config.json, vae/, dit/) written with every checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from videodit.config import to_dict
+from videodit.errors import VideoditError
+
+if TYPE_CHECKING:
+    import torch
+
+CHECKPOINT_KIND = "dit"
+COND_MODES = ("none", "first", "last", "ends", "lead", "trail")
+
+
+@dataclass(frozen=True)
+class DiTTrainConfig:
+    preset: str = field(default="cpu-small", metadata={"help": "DiT size preset (videodit.dit.PRESETS)"})
+    out: str = field(default="runs/dit", metadata={"help": "output folder (checkpoint.pt, logs, samples, bundle/)"})
+    vae: str = field(default="", metadata={"help": "VAE bundle folder (empty = the bundled VAE)"})
+    text_encoder: str = field(default="all-minilm-l6-v2", metadata={
+        "help": "text encoder: the bundled 'all-minilm-l6-v2' or a local Hugging Face folder"})
+    steps: int = field(default=20000, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=16, metadata={"help": "clips per step per process"})
+    lr: float = field(default=3e-4, metadata={"help": "peak AdamW learning rate"})
+    warmup_steps: int = field(default=500, metadata={"help": "linear warm-up, then cosine decay to lr/10"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm"})
+    ema_decay: float = field(default=0.999, metadata={"help": "EMA decay of the weights in the bundle"})
+    caption_dropout: float = field(default=0.1, metadata={
+        "help": "fraction of captions replaced by the empty prompt (classifier-free guidance)"})
+    cond_mix: tuple[float, ...] = field(default=(0.55, 0.15, 0.05, 0.05, 0.1, 0.1), metadata={
+        "help": f"odds of the conditioning modes {', '.join(COND_MODES)}"})
+    t_mean: float = field(default=0.0, metadata={"help": "logit-normal timestep mean"})
+    t_std: float = field(default=1.0, metadata={"help": "logit-normal timestep std"})
+    sizes: tuple[str, ...] = field(default=("64x64",), metadata={"help": "SynthWorld clip sizes WxH, one per batch"})
+    frames: tuple[int, ...] = field(default=(17,), metadata={"help": "SynthWorld clip frame counts (4k+1), one per batch"})
+    seed: int = field(default=0, metadata={"help": "seed for init, data and every random draw"})
+    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda, cuda:1 ..."})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader workers rendering SynthWorld"})
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast for the DiT and the VAE"})
+    save_every: int = field(default=1000, metadata={"help": "checkpoint (and bundle) every N steps"})
+    save_minutes: float = field(default=5.0, metadata={"help": "also checkpoint when this many minutes passed"})
+    log_every: int = field(default=10, metadata={"help": "CSV log every N steps"})
+    sample_every: int = field(default=1000, metadata={"help": "sample + evaluate every N steps (0 = never)"})
+    sample_prompts: int = field(default=16, metadata={"help": "SynthWorld eval prompts sampled at each evaluation"})
+    sample_steps: int = field(default=20, metadata={"help": "sampler steps for the periodic samples"})
+    sample_guidance: float = field(default=4.0, metadata={"help": "guidance for the periodic samples and the bundle"})
+    resume: bool = field(default=True, metadata={"help": "resume from OUT/checkpoint.pt when it exists"})
+
+    def check(self) -> None:
+        from videodit.dit import PRESETS
+
+        if self.preset not in PRESETS:
+            raise VideoditError(f"--preset {self.preset!r}: unknown; choose one of {', '.join(PRESETS)}")
+        if len(self.cond_mix) != len(COND_MODES) or min(self.cond_mix) < 0 or sum(self.cond_mix) <= 0:
+            raise VideoditError(f"--cond-mix {self.cond_mix}: need {len(COND_MODES)} non-negative odds "
+                                f"({', '.join(COND_MODES)}), not all zero")
+        if not 0 <= self.caption_dropout < 1:
+            raise VideoditError(f"--caption-dropout {self.caption_dropout}: must be in [0, 1)")
+        if self.steps < 1 or self.batch_size < 1:
+            raise VideoditError("--steps and --batch-size must be >= 1")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces of a step (pure functions of their inputs and a generator)
+# ---------------------------------------------------------------------------------------------
+
+def conditioning_masks(modes: torch.Tensor, T: int, gen: torch.Generator) -> torch.Tensor:
+    """Mode indices (B,) into COND_MODES -> (B, T) bool, True = a clean conditioning frame.
+    A mode that would leave no frame to generate (e.g. "ends" with T = 2) gives no conditioning."""
+    import torch
+
+    B = modes.shape[0]
+    frame = torch.arange(T)[None, :]  # (1, T)
+    # lead / trail: a clip of k in [1, T - 1] latent frames.
+    k = torch.randint(1, max(T, 2), (B, 1), generator=gen)  # (B, 1)
+    masks = {
+        "none": torch.zeros(B, T, dtype=torch.bool),
+        "first": (frame == 0).expand(B, T),
+        "last": (frame == T - 1).expand(B, T),
+        "ends": ((frame == 0) | (frame == T - 1)).expand(B, T),
+        "lead": frame < k,
+        "trail": frame >= T - k,
+    }
+    out = torch.stack([masks[m] for m in COND_MODES], dim=1)  # (B, modes, T)
+    out = out[torch.arange(B), modes]  # (B, T)
+    return out & ~out.all(dim=1, keepdim=True)
+
+
+def lr_at(step: int, cfg: DiTTrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def step_generator(cfg: DiTTrainConfig, step: int, rank: int) -> torch.Generator:
+    import torch
+
+    return torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 4096 + rank)
+
+
+def training_inputs(latents: torch.Tensor, captions: list[str], cfg: DiTTrainConfig, gen: torch.Generator,
+                    patch: tuple[int, int, int]):
+    """Everything random about one batch, drawn on the CPU from ``gen`` (the same on every
+    device). latents (B, c, T, h, w) -> (x_t, t (B, T), v target, loss mask (B, T), captions
+    with dropout applied), on the latents' device."""
+    import torch
+
+    from videodit import flow
+
+    B, c, T, h, w = latents.shape
+    drop = torch.rand(B, generator=gen) < cfg.caption_dropout
+    captions = ["" if d else cap for d, cap in zip(drop.tolist(), captions)]
+    odds = torch.tensor(cfg.cond_mix, dtype=torch.float)
+    modes = torch.multinomial(odds, B, replacement=True, generator=gen)  # (B,)
+    cond = conditioning_masks(modes, T, gen)  # (B, T)
+    pt, ph, pw = patch
+    shift = flow.resolution_shift((T // pt) * (h // ph) * (w // pw))
+    t = flow.shift_time(flow.logit_normal((B, 1), cfg.t_mean, cfg.t_std, generator=gen), shift)  # (B, 1)
+    t = torch.where(cond, 0.0, t.expand(B, T))  # (B, T): conditioning frames are clean
+    noise = torch.randn(latents.shape, generator=gen).to(latents.device)
+    t, cond = t.to(latents.device), cond.to(latents.device)
+    x_t, v = flow.interpolate(latents, noise, t)
+    return x_t, t, v, ~cond, captions
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+def _stream(cfg: DiTTrainConfig, start: int, world: int):
+    from torch.utils.data import DataLoader
+
+    from videodit.data.synthworld import SynthWorldConfig, SynthWorldStream
+
+    data = SynthWorldConfig(split="train", seed=cfg.seed, sizes=cfg.sizes, frames=cfg.frames,
+                            start=start, block=cfg.batch_size)
+    loader = DataLoader(SynthWorldStream(data), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                        drop_last=True, persistent_workers=cfg.num_workers > 0)
+    yield from loader
+
+
+def _log_row(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def eval_prompts(n: int, seed: int = 0) -> list[str]:
+    """The first ``n`` canonical captions of the SynthWorld eval split (fixed across runs)."""
+    from videodit.world.captions import canonical_caption
+    from videodit.world.scene import sample_scene
+
+    return [canonical_caption(sample_scene("eval", i, seed)) for i in range(n)]
+
+
+def sample_and_evaluate(pipe, prompts: list[str], out_dir: Path, steps: int, guidance: float) -> dict:
+    """Generate one clip per prompt (seed = its index), write them as mp4, score them."""
+    import dataclasses
+
+    from videodit.eval import evaluate
+    from videodit.video import write_video
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    videos = []
+    for i, prompt in enumerate(prompts):
+        sampler = dataclasses.replace(pipe.config.sampler, steps=steps, guidance=guidance, seed=i)
+        frames = pipe.decode_latents(pipe.generate_latents([prompt], frames=pipe.config.frames,
+                                                           size=pipe.config.size, sampler=sampler))[0]
+        write_video(out_dir / f"{i:05d}.mp4", frames, fps=pipe.config.fps)
+        videos.append(frames)
+    (out_dir / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    result = evaluate(videos, prompts, fps=pipe.config.fps, progress=False)
+    return result.summary()
+
+
+def train_dit(cfg: DiTTrainConfig) -> Path:
+    """Run (or resume) training; returns the path of the final model bundle."""
+    import copy
+
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+    from tqdm import tqdm
+
+    from videodit.dit import DiT, DiTConfig
+    from videodit.flow import flow_loss
+    from videodit.pipeline import BUNDLED, BundleConfig, Pipeline
+    from videodit.sample import SamplerConfig
+    from videodit.text import TextEncoder, TextEncoderConfig
+    from videodit.train import cleanup_distributed, ema_update, setup_distributed
+    from videodit.train.checkpoint import load_checkpoint, save_checkpoint
+    from videodit.vae import VideoVAE
+
+    cfg.check()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dist = setup_distributed(cfg.device)
+    device = dist.device
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    vae_path = Path(cfg.vae) if cfg.vae else BUNDLED / "vae"
+    vae = VideoVAE.from_pretrained(vae_path, device=device).requires_grad_(False)
+    text = TextEncoder(TextEncoderConfig(model=cfg.text_encoder), device=device)
+    torch.manual_seed(cfg.seed)
+    model_cfg = DiTConfig.preset(cfg.preset, in_channels=vae.cfg.latent_channels, text_dim=text.dim)
+    model = DiT(model_cfg).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  betas=(0.9, 0.99))
+    run_config = {"train": to_dict(cfg), "model": to_dict(model_cfg), "vae": to_dict(vae.cfg)}
+
+    step = 0
+    ckpt = out / "checkpoint.pt"
+    if cfg.resume and ckpt.exists():
+        payload = load_checkpoint(ckpt, kind=CHECKPOINT_KIND, model=model, optimizer=optimizer, ema=ema,
+                                  model_config=to_dict(model_cfg))
+        step = payload["step"]
+        if dist.is_main:
+            print(f"resumed from {ckpt} at step {step}")
+    ddp = DistributedDataParallel(model) if dist.world_size > 1 else model
+    global_batch = cfg.batch_size * dist.world_size
+    bundle_cfg = BundleConfig(text=text.config, sampler=SamplerConfig(guidance=cfg.sample_guidance),
+                              size=_parse_size(cfg.sizes[0]), frames=cfg.frames[0])
+    pipe = Pipeline(vae, ema, text, bundle_cfg)
+    prompts = eval_prompts(cfg.sample_prompts) if cfg.sample_every else []
+
+    def save():
+        save_checkpoint(ckpt, kind=CHECKPOINT_KIND, step=step, data_position=step * global_batch,
+                        config=run_config, model=model, optimizer=optimizer, ema=ema)
+        pipe.save(out / "bundle")
+
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16)
+    stream = _stream(cfg, step * global_batch, dist.world_size)
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", disable=not dist.is_main, dynamic_ncols=True)
+    last_save, last_log, t_log = time.monotonic(), step, time.monotonic()
+    try:
+        while step < cfg.steps:
+            batch = next(stream)
+            gen = step_generator(cfg, step, dist.rank)
+            with torch.no_grad(), autocast:
+                latents = vae.normalize(vae.encode(batch["video"].to(device))).float()
+            x_t, t, v_target, loss_mask, captions = training_inputs(latents, list(batch["caption"]), cfg, gen,
+                                                                   model_cfg.patch)
+            tokens, mask = text.encode(captions)
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast:
+                v_pred = ddp(x_t, t, tokens, mask)
+            loss = flow_loss(v_pred, v_target, loss_mask)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            # EMA warm-up (decay grows from 0.5 toward ema_decay) so short runs still average.
+            ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (2 + step)))
+            step += 1
+            bar.update(1)
+
+            if dist.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+                now = time.monotonic()
+                rate = (step - last_log) / max(now - t_log, 1e-9)
+                last_log, t_log = step, now
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+                _log_row(out / "log.csv", {"step": step, "loss": f"{loss.item():.5f}", "lr": f"{lr:.3e}",
+                                           "grad_norm": f"{float(grad_norm):.4f}", "it_per_s": f"{rate:.3f}",
+                                           "size": "x".join(map(str, batch["video"].shape[-1:-3:-1])),
+                                           "frames": batch["video"].shape[2], "time": f"{time.time():.0f}"})
+            done = step == cfg.steps
+            if dist.is_main and (done or step % cfg.save_every == 0
+                                 or time.monotonic() - last_save > 60 * cfg.save_minutes):
+                save()
+                last_save = time.monotonic()
+            if dist.is_main and cfg.sample_every and (step % cfg.sample_every == 0 or done):
+                summary = sample_and_evaluate(pipe, prompts, out / "samples" / f"step_{step:06d}",
+                                              cfg.sample_steps, cfg.sample_guidance)
+                _log_row(out / "eval.csv", {"step": step, **{k: f"{v:.4f}" for k, v in summary.items()}})
+                tqdm.write(f"step {step} eval: " + " ".join(f"{k}={v:.3f}" for k, v in summary.items()))
+    finally:
+        bar.close()
+        cleanup_distributed()
+    return out / "bundle"
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    from videodit.world.scene import parse_size
+
+    return parse_size(text, name="sizes")
