@@ -14,7 +14,7 @@ from videodit.errors import VideoditError
 from videodit.world import FAMILIES, make_sample, sample_scene
 from videodit.world.captions import canonical_caption, paraphrases, short_prompts
 from videodit.world.palette import BACKGROUNDS, COLORS, WALL_RGB
-from videodit.world.physics import FPS, G, RESTITUTION, SIZES, SPEEDS, floor_bounces, uniform
+from videodit.world.physics import FPS, G, RESTITUTION, SIZES, floor_bounces, uniform
 from videodit.world.scene import HELDOUT_PAIRS, RandomDraw, Scene, SceneObject, family_possible, truth_record
 
 SHAPE_AREA_FACTOR = {"circle": math.pi / 4, "square": 1.0, "triangle": 1.1**2 * math.sqrt(3) / 4}

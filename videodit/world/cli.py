@@ -47,8 +47,8 @@ def _render(args: argparse.Namespace) -> int:
 
     from videodit.errors import VideoditError
     from videodit.video import write_image, write_video
-    from videodit.world import FPS, make_sample, parse_size
-    from videodit.world.scene import FAMILIES
+    from videodit.world import FPS, make_sample
+    from videodit.world.scene import FAMILIES, check_canvas, check_family, parse_size
 
     family = None if args.family == "all" else args.family
     if family is not None and family not in FAMILIES:
@@ -58,6 +58,9 @@ def _render(args: argparse.Namespace) -> int:
     if args.start < 0:
         raise VideoditError(f"--start: must be >= 0, got {args.start}")
     width, height = parse_size(args.size, name="--size")
+    check_canvas(width, height, args.frames)
+    if family is not None:
+        check_family(family, width, height, args.frames)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     fps = FPS if args.fps is None else args.fps

@@ -61,7 +61,10 @@ def _draw_object(canvas: np.ndarray, shape: str, size: str, cx: np.ndarray, cy: 
         sx = (ox[:, None] + sub_x[None, :])[:, None, :]            # (F, 1, nw*S) sample x, px
         sy = (oy[:, None] + sub_y[None, :])[:, :, None]            # (F, nh*S, 1)
         inside &= ~((sx >= wall[0]) & (sx <= wall[1]) & (sy >= wall[2]) & (sy <= wall[3]))
-    cover = inside.reshape(F, nh, S, nw, S).mean(axis=(2, 4), dtype=np.float32)  # (F, nh, nw)
+    # Count covered samples per pixel: sum the contiguous last axis first (much faster than a
+    # mean over both axes at once); at most S*S = 16, so uint8 holds it.
+    hits = inside.view(np.uint8).reshape(F, nh, S, nw, S).sum(axis=4, dtype=np.uint8).sum(axis=2, dtype=np.uint8)
+    cover = hits.astype(np.float32) * np.float32(1 / (S * S))     # (F, nh, nw), exact: S*S is a power of 2
 
     frame = np.arange(F)[:, None, None]
     rows = (oy[:, None] + np.arange(nh))[:, :, None]               # (F, nh, 1)
@@ -80,7 +83,8 @@ def render(scene: Scene) -> np.ndarray:
     """The scene's frames, (F, H, W, 3) uint8 RGB."""
     F, H, W = scene.frames, scene.height, scene.width
     canvas = np.empty((F, H, W, 3), np.float32)
-    canvas[:] = np.asarray(BACKGROUNDS[scene.background], np.float32)
+    for channel, value in enumerate(BACKGROUNDS[scene.background]):   # ~6x faster than broadcasting an RGB triple
+        canvas[..., channel] = value
     xs, ys, _ = scene.states()
     wall = None if scene.wall is None else tuple(v * H for v in scene.wall)   # px
     for i, obj in enumerate(scene.objects):

@@ -198,10 +198,6 @@ class Scene:
     collision_time: float | None = None
 
     @property
-    def aspect(self) -> float:
-        return self.width / self.height
-
-    @property
     def times(self) -> np.ndarray:
         return np.arange(self.frames) / FPS
 
@@ -224,9 +220,13 @@ def _nearest_frame(t: float) -> int:
 
 
 def truth_record(scene: Scene) -> dict:
-    """The JSON-serialisable ground truth (see shared/DESIGN: ``Sample.truth``). Positions are in
-    pixels with pixel column i covering [i, i + 1), so its centre is at i + 0.5; velocities in px/s;
-    event frames are the frames nearest to the event times (also given, in seconds)."""
+    """The JSON-serialisable ground truth (the shared interface's ``Sample.truth``).
+
+    Positions are object centroids in pixels, pixel column i covering [i, i + 1) (its centre is at
+    i + 0.5); velocities in px/s (vy < 0 is upward); event frames are the frames nearest to the
+    event times. Beyond the shared fields: per object "speed" (a SPEEDS key or null) and
+    "extents_px" (left, right, up, down from the centroid to the bounding box), and the exact event
+    times in seconds, events "bounce_times" and "collision_time"."""
     H = scene.height
     xs, ys, vis = scene.states()
     objects = []
@@ -241,11 +241,10 @@ def truth_record(scene: Scene) -> dict:
     states = [[{"x": round(float(xs[i, k]) * H, 6), "y": round(float(ys[i, k]) * H, 6),
                 "visible": float(vis[i, k])} for i in range(len(scene.objects))]
               for k in range(scene.frames)]
-    last = scene.frames - 1
     events = {
         "bounce_frames": [[_nearest_frame(t) for t in o.bounce_times] for o in scene.objects],
         "bounce_times": [list(o.bounce_times) for o in scene.objects],
-        "collision_frame": None if scene.collision_time is None else min(last, _nearest_frame(scene.collision_time)),
+        "collision_frame": None if scene.collision_time is None else _nearest_frame(scene.collision_time),
         "collision_time": scene.collision_time,
         "hidden_frames": [[k for k in range(scene.frames) if vis[i, k] == 0.0] for i in range(len(scene.objects))],
     }
@@ -540,6 +539,17 @@ def family_possible(family: str, width: int, height: int, frames: int) -> bool:
     return _family_possible(family, _Clip(width / height, (frames - 1) / FPS, frames))
 
 
+def check_family(family: str, width: int, height: int, frames: int) -> None:
+    """Raise VideoditError, naming the frame counts that fit, unless ``family_possible``."""
+    if family not in FAMILIES:
+        raise VideoditError(f"family {family!r}: choose one of {', '.join(FAMILIES)}")
+    if not family_possible(family, width, height, frames):
+        fits = [f for f in range(1, 514, 4) if family_possible(family, width, height, f)]
+        hint = (f"at {width}x{height} it needs {fits[0]} to {fits[-1]} frames" if fits
+                else f"it never fits {width}x{height}; use a wider canvas")
+        raise VideoditError(f"family {family!r} cannot happen in a {width}x{height} clip of {frames} frames: {hint}")
+
+
 def sample_scene(split: str, index: int, seed: int = 0, *, width: int = 64, height: int = 64,
                  frames: int = 17, family: str | None = None) -> Scene:
     """The scene (no pixels) of sample ``index``; ``family=None`` mixes the families uniformly."""
@@ -548,9 +558,8 @@ def sample_scene(split: str, index: int, seed: int = 0, *, width: int = 64, heig
     clip = _Clip(width / height, (frames - 1) / FPS, frames)
     if family is None:
         family = draw.pick([f for f in FAMILIES if _family_possible(f, clip)])
-    elif not _family_possible(family, clip):
-        raise VideoditError(f"family {family!r} cannot happen in a {width}x{height} clip of {frames} frames "
-                            f"(it needs more frames or a wider canvas); try frames 17 at 64x64")
+    else:
+        check_family(family, width, height, frames)
     heldout = split == "eval" and draw.chance(EVAL_HELDOUT_FRACTION)
     sampler = {"single": _single, "pair": _pair, "count": _count, "relation": _relation,
                "collision": _collision, "occlusion": _occlusion}[family]
