@@ -189,6 +189,43 @@ def test_occlusion_hides_the_object_then_shows_it_on_the_far_side():
             assert np.abs(frames[k].astype(int) - empty).max() <= 1
 
 
+def _boxes_apart(tr, k, i, j):
+    a, b = tr["states"][k][i], tr["states"][k][j]
+    ea, eb = tr["objects"][i]["extents_px"], tr["objects"][j]["extents_px"]
+    return (a["x"] + ea[1] < b["x"] - eb[0] or b["x"] + eb[1] < a["x"] - ea[0]
+            or a["y"] + ea[3] < b["y"] - eb[2] or b["y"] + eb[3] < a["y"] - ea[2])
+
+
+def test_family_rules():
+    for index in range(25):
+        for family in FAMILIES:
+            tr = make_sample("eval", index, family=family, frames=17).truth
+            objs = tr["objects"]
+            looks = [(o["color"], o["shape"], o["size"], o["motion"], o["speed"]) for o in objs]
+            if family == "single" or family == "occlusion":
+                assert len(objs) == 1
+            if family in ("pair", "relation", "collision"):
+                assert len(objs) == 2 and objs[0]["color"] != objs[1]["color"]
+            if family == "count":
+                assert len(objs) in (2, 3) and len(set(looks)) == 1
+            if family in ("pair", "count"):
+                assert all(o["motion"] in ("still", "left", "right", "up", "down", "falls", "bounces") for o in objs)
+            if family == "relation":
+                assert all(o["motion"] == "still" for o in objs) and tr["relation"]["relation"] in (
+                    "left_of", "right_of", "above", "below")
+            if family == "collision":
+                assert [o["shape"] for o in objs] == ["circle", "circle"] and objs[0]["size"] == objs[1]["size"]
+            if family == "occlusion":
+                assert tr["wall"] is not None and tr["background"] in ("black", "white")
+            else:
+                assert tr["wall"] is None
+            # Never overlapping at frame 0; pair and count objects never overlap at all.
+            frames = range(tr["frames"]) if family in ("pair", "count") else [0]
+            for i in range(len(objs)):
+                for j in range(i + 1, len(objs)):
+                    assert all(_boxes_apart(tr, k, i, j) for k in frames), (family, index)
+
+
 def test_still_images_and_f1_families():
     for index in range(30):
         scene = sample_scene("train", index, frames=1)
@@ -464,3 +501,14 @@ def test_cli_render_writes_clip_caption_and_truth(tmp_path):
         assert truth == make_sample("train", index).truth
     assert main(["world", "render", "--family", "juggling", "--out", str(tmp_path)]) == 2
     assert main(["world", "render", "--size", "50x64", "--out", str(tmp_path)]) == 2
+
+
+def test_cli_show_prints_captions_and_writes_a_strip(tmp_path, capsys):
+    from videodit.cli import main
+    from videodit.video import read_image
+
+    assert main(["world", "show", "4", "--family", "occlusion", "--frames", "9", "--out", str(tmp_path / "s.png")]) == 0
+    out = capsys.readouterr().out
+    sample = make_sample("train", 4, family="occlusion", frames=9)
+    assert sample.caption in out and all(p in out for p in sample.paraphrases + sample.short)
+    np.testing.assert_array_equal(read_image(tmp_path / "s.png"), np.concatenate(list(sample.frames), axis=1))

@@ -36,6 +36,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     render.add_argument("--png", action="store_true", help="also write NNNNN.png, a strip of all frames")
     render.set_defaults(func=_render)
 
+    show = world_sub.add_parser(
+        "show", help="print one sample's captions and ground truth, optionally save its frames as a PNG strip",
+        description="Print one SynthWorld sample's captions, objects and events.",
+        epilog="example:\n  videodit world show 12 --family collision --out /tmp/collision.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    show.add_argument("index", type=int, help="sample index")
+    show.add_argument("--family", default="all", help="a family name, or all (mixed) (default: all)")
+    show.add_argument("--size", default="64x64", help="WxH (default: 64x64)")
+    show.add_argument("--frames", type=int, default=17, help="frames, 4k+1 (default: 17)")
+    show.add_argument("--seed", type=int, default=0, help="world seed (default: 0)")
+    show.add_argument("--split", default="train", choices=["train", "eval"], help="data split (default: train)")
+    show.add_argument("--out", default=None, help="write the frames, left to right, to this PNG")
+    show.set_defaults(func=_show)
+
 
 def _render(args: argparse.Namespace) -> int:
     # Heavy imports stay inside the handler so `videodit --help` is fast.
@@ -76,4 +90,36 @@ def _render(args: argparse.Namespace) -> int:
             strip = np.concatenate(list(sample.frames), axis=1)  # (H, F*W, 3): frames left to right
             write_image(stem.with_suffix(".png"), strip)
     print(f"wrote {args.n} clips to {out}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from videodit.video import write_image
+    from videodit.world import make_sample
+    from videodit.world.scene import parse_size
+
+    width, height = parse_size(args.size, name="--size")
+    family = None if args.family == "all" else args.family
+    sample = make_sample(args.split, args.index, args.seed, width=width, height=height, frames=args.frames,
+                         family=family)
+    truth = sample.truth
+    print(f"{truth['split']} #{truth['index']} seed {truth['seed']}: {truth['family']}, {width}x{height}, "
+          f"{truth['frames']} frames, {truth['background']} background" + (", held-out pair" if truth["heldout"] else ""))
+    print(f"caption:  {sample.caption}")
+    for text in sample.paraphrases:
+        print(f"  also:   {text}")
+    for text in sample.short:
+        print(f"  short:  {text}")
+    for i, o in enumerate(truth["objects"]):
+        speed = f" {o['speed']}" if o["speed"] else ""
+        print(f"object {i}: {o['size']} {o['color']} {o['shape']}, {o['motion']}{speed}, start ({o['x0']:.1f}, "
+              f"{o['y0']:.1f}) px, velocity ({o['vx']:.1f}, {o['vy']:.1f}) px/s")
+    events = truth["events"]
+    print(f"events: bounce frames {events['bounce_frames']}, collision frame {events['collision_frame']}, "
+          f"hidden frames {events['hidden_frames']}" + (f", relation {truth['relation']}" if truth["relation"] else ""))
+    if args.out:
+        write_image(args.out, np.concatenate(list(sample.frames), axis=1))   # (H, F*W, 3)
+        print(f"wrote {args.out}")
     return 0

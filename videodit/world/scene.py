@@ -283,7 +283,7 @@ def seed_entropy(split: str, index: int, seed: int, family: str | None, purpose:
     if split not in SPLITS:
         raise VideoditError(f"split {split!r}: choose one of {', '.join(SPLITS)}")
     if family is not None and family not in FAMILIES:
-        raise VideoditError(f"family {family!r}: choose one of {', '.join(FAMILIES)} (or None to mix them)")
+        raise VideoditError(f"family {family!r}: choose one of {', '.join(FAMILIES)} (or leave it out to mix them)")
     for name, n in (("index", index), ("seed", seed)):
         if not isinstance(n, (int, np.integer)) or n < 0:
             raise VideoditError(f"{name} {n!r}: must be a non-negative integer")
