@@ -1,1 +1,1 @@
-"""Data sets: the SynthWorld stream (synthworld.py) and the loaders of real videos and latents."""
+"""Data sets. synthworld.py streams the built-in SynthWorld clips with their captions."""
