@@ -46,6 +46,7 @@ class MeasureConfig:
     min_area_fraction: float = 0.25    # of the smallest SynthWorld object's area (small triangle)
     min_chroma: float = 35.0           # max - min channel: below it a pixel is grey, never an object
     rim_residual: float = 45.0         # RGB distance from the bg-object line for rim pixels
+    rim_min_alpha: float = 0.15        # rim pixels with less coverage count as background
     edge_alpha: tuple[float, float] = (0.15, 0.85)  # "partly covered" alpha band for edge width
 
 
@@ -184,6 +185,9 @@ def _component(x: np.ndarray, labels: np.ndarray, lab: int, sl: tuple[slice, ...
     # Rim pixels may have landed in another colour's mask (red on white rims look pink); the
     # residual test keeps only those on the background-to-colour line.
     rim = support & ~inside & (labels[f, r0:r1, c0:c1] == 0) & (residual < cfg.rim_residual)
+    # Rim coverage under rim_min_alpha is indistinguishable from H.264 ringing; dropping it costs
+    # an exact render < 0.01 px of area per edge pixel.
+    rim &= t >= cfg.rim_min_alpha
     alpha = np.where(inside, np.clip(t, 0.5, 1.0), np.where(rim, np.clip(t, 0.0, 0.5), 0.0))
     area = float(alpha.sum())
     if area <= 0:
