@@ -1,0 +1,271 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from videodit.errors import VideoditError
+from videodit.reconstruct import fit_shape, reconstruct_frames, ssim
+from videodit.vae import PRESETS, VAEConfig, VideoVAE, _tiled
+from videodit.video import frames_to_tensor, psnr
+
+TINY = PRESETS["tiny"]  # stride 4, 4 latent channels
+
+
+def _random_vae(cfg: VAEConfig = TINY, seed: int = 0) -> VideoVAE:
+    """A VAE whose zero-initialised residual branches are perturbed, so every layer matters."""
+    torch.manual_seed(seed)
+    vae = VideoVAE(cfg).eval()
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    vae.compute_dtype = torch.float32
+    return vae
+
+
+def _video(frames=17, size=32, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 3, frames, size, size, generator=g) * 2 - 1
+
+
+# -- shapes and input checks --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("frames, latent_frames", [(1, 1), (5, 2), (17, 5), (33, 9)])
+@pytest.mark.parametrize("preset", ["tiny", "s8c16"])
+def test_shapes(frames, latent_frames, preset):
+    vae = VideoVAE(PRESETS[preset]).eval()
+    s, c = vae.cfg.spatial_stride, vae.cfg.latent_channels
+    x = _video(frames, 32)
+    with torch.no_grad():
+        z = vae.encode(x)
+        assert z.shape == (1, c, latent_frames, 32 // s, 32 // s)
+        assert vae.encode(x, sample=True).shape == z.shape
+        assert vae.decode(z).shape == x.shape
+
+
+def test_spatial_strides_of_presets():
+    assert PRESETS["tiny"].spatial_stride == 4 and PRESETS["s4c8"].spatial_stride == 4
+    assert PRESETS["s8c16"].spatial_stride == 8 and PRESETS["gpu"].spatial_stride == 8
+
+
+def test_trainer_lists_every_preset():
+    from videodit.train.vae import PRESET_NAMES
+
+    assert set(PRESET_NAMES) == set(PRESETS)
+
+
+@pytest.mark.parametrize("shape, needle", [
+    ((1, 3, 16, 32, 32), "nearest: 13 or 17"),
+    ((1, 3, 17, 30, 32), "multiples of the spatial stride 4"),
+    ((1, 4, 17, 32, 32), "(B, 3, F, H, W)"),
+])
+def test_bad_input_shapes_raise_clear_errors(shape, needle):
+    with pytest.raises(VideoditError, match=None) as e:
+        VideoVAE(TINY).encode(torch.zeros(shape))
+    assert needle in str(e.value)
+
+
+def test_bad_config_raises():
+    with pytest.raises(VideoditError, match="at least 3 levels"):
+        VAEConfig(channel_mults=(1, 2))
+
+
+# -- causality ------------------------------------------------------------------------------------
+
+
+def test_encoder_is_causal():
+    vae, x = _random_vae(), _video(17)
+    changed = x.clone()
+    changed[:, :, 9] = -x[:, :, 9]  # frame 9 belongs to latent frame 3 (frames 9..12)
+    with torch.no_grad():
+        z, z2 = vae.encode(x), vae.encode(changed)
+    assert torch.equal(z[:, :, :3], z2[:, :, :3])
+    assert (z[:, :, 3] - z2[:, :, 3]).abs().max() > 1e-3
+
+
+def test_decoder_is_causal():
+    vae = _random_vae()
+    z = torch.randn(1, TINY.latent_channels, 5, 8, 8)
+    changed = z.clone()
+    changed[:, :, 3] += 1.0  # latent frame 3 decodes to frames 9..12
+    with torch.no_grad():
+        y, y2 = vae.decode(z), vae.decode(changed)
+    assert torch.equal(y[:, :, :9], y2[:, :, :9])
+    assert (y[:, :, 9] - y2[:, :, 9]).abs().max() > 1e-3
+
+
+def test_image_is_a_one_frame_video():
+    # The first frame is encoded alone: its latent does not depend on how long the video is.
+    vae, x = _random_vae(), _video(17)
+    with torch.no_grad():
+        assert torch.equal(vae.encode(x[:, :, :1])[:, :, 0], vae.encode(x)[:, :, 0])
+
+
+# -- chunked and tiled == one-shot ---------------------------------------------------------------
+
+# Stated tolerances (max abs difference, pixel / latent units of a [-1, 1] range):
+CHUNK_TOL_FP32 = 1e-4   # the same arithmetic in a different order
+CHUNK_TOL_BF16 = 5e-2   # bf16 convs round differently when the chunk shapes differ
+RANDOM_TILE_TOL = 0.06  # mean abs, random weights, tile 64 / overlap 32 (tiles see less context)
+
+
+@pytest.mark.parametrize("chunk", [4, 8, 16])
+def test_chunked_equals_one_shot_fp32(chunk):
+    vae, x = _random_vae(), _video(33)
+    with torch.no_grad():
+        z = vae.encode(x)
+        assert (vae.encode(x, chunk_frames=chunk) - z).abs().max() < CHUNK_TOL_FP32
+        y = vae.decode(z)
+        assert (vae.decode(z, chunk_frames=chunk) - y).abs().max() < CHUNK_TOL_FP32
+
+
+def test_chunked_equals_one_shot_bf16():
+    vae, x = _random_vae(), _video(17)
+    vae.compute_dtype = torch.bfloat16
+    with torch.no_grad():
+        z = vae.encode(x)
+        assert (vae.encode(x, chunk_frames=4) - z).abs().max() < CHUNK_TOL_BF16
+        assert (vae.decode(z, chunk_frames=4) - vae.decode(z)).abs().max() < CHUNK_TOL_BF16
+
+
+def test_chunk_must_be_a_multiple_of_4():
+    with pytest.raises(VideoditError, match="multiple of 4"):
+        VideoVAE(TINY).encode(_video(9), chunk_frames=6)
+
+
+def test_tile_blending_is_exact_for_pointwise_maps():
+    # Overlapping tiles cross-fade with weights that sum to 1, so a map without spatial context
+    # (scaling, strided sampling, nearest upsampling) is reproduced exactly.
+    x = torch.randn(1, 3, 2, 40, 56)
+    up = lambda t: t.repeat_interleave(2, -1).repeat_interleave(2, -2)  # noqa: E731
+    for tile, overlap in [(16, 8), (24, 8), (40, 0)]:
+        assert torch.allclose(_tiled(lambda t: 2 * t, x, tile, overlap, 1, 1), 2 * x, atol=1e-6)
+        assert torch.allclose(_tiled(lambda t: t[..., ::4, ::4], x, tile, overlap, 1, 4), x[..., ::4, ::4], atol=1e-6)
+        assert torch.allclose(_tiled(up, x, tile, overlap, 2, 1), up(x), atol=1e-6)
+
+
+def test_tiled_vae_approaches_one_shot_as_overlap_grows(moving_disc):
+    # A random network is far more sensitive to distant context than a trained one (see
+    # docs/VAE.md for the bundled VAE's numbers); still, the error must shrink with overlap.
+    vae = _random_vae()
+    x = frames_to_tensor(moving_disc(frames=5, height=96, width=96)).unsqueeze(0)
+    with torch.no_grad():
+        z, errors = vae.encode(x), []
+        y = vae.decode(z)
+        for tile, overlap in [(48, 0), (48, 16), (64, 32)]:
+            zt = vae.encode(x, tile=tile, tile_overlap=overlap, chunk_frames=4)
+            yt = vae.decode(z, tile=tile, tile_overlap=overlap, chunk_frames=4)
+            assert zt.shape == z.shape and yt.shape == y.shape
+            errors.append(((zt - z).abs().mean().item(), (yt - y).abs().mean().item()))
+    assert errors[0][0] > errors[1][0] > errors[2][0] and errors[0][1] > errors[1][1] > errors[2][1]
+    assert errors[2][1] < RANDOM_TILE_TOL
+
+
+# -- training signal ------------------------------------------------------------------------------
+
+
+def test_tiny_vae_overfits_one_clip(moving_disc):
+    torch.manual_seed(0)
+    clip = moving_disc(frames=5, height=32, width=32, radius=6.0)
+    x = frames_to_tensor(clip).unsqueeze(0)
+    vae = VideoVAE(TINY)
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    for _ in range(150):
+        recon, mean, logvar = vae(x)
+        loss = (recon - x).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    vae.eval()
+    out, _, _ = reconstruct_frames(vae, clip, chunk_frames=None)
+    assert psnr(clip, out) > 27.0  # ~30.8 dB measured; the untrained VAE gives ~10 dB
+
+
+# -- bundles --------------------------------------------------------------------------------------
+
+
+def test_bundle_round_trip(tmp_path):
+    vae, x = _random_vae(), _video(5)
+    vae.save_pretrained(tmp_path / "vae")
+    loaded = VideoVAE.from_pretrained(tmp_path / "vae")
+    loaded.compute_dtype = torch.float32
+    assert loaded.cfg == vae.cfg
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(x), vae.encode(x))
+
+
+def test_bundle_with_other_config_fails_naming_file_and_key(tmp_path):
+    VideoVAE(TINY).save_pretrained(tmp_path / "vae")
+    cfg = json.loads((tmp_path / "vae" / "config.json").read_text())
+    cfg["latent_channels"] = 6
+    (tmp_path / "vae" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(VideoditError) as e:
+        VideoVAE.from_pretrained(tmp_path / "vae")
+    assert "model.safetensors" in str(e.value) and "shape mismatch" in str(e.value)
+
+
+def test_bundle_missing_or_corrupt(tmp_path):
+    with pytest.raises(VideoditError, match="no config.json"):
+        VideoVAE.from_pretrained(tmp_path)
+    VideoVAE(TINY).save_pretrained(tmp_path / "vae")
+    (tmp_path / "vae" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(VideoditError, match="not a readable safetensors"):
+        VideoVAE.from_pretrained(tmp_path / "vae")
+    (tmp_path / "vae" / "config.json").write_text('{"base_channels": 8, "colour": 1}')
+    with pytest.raises(VideoditError, match="unknown VAEConfig field"):
+        VideoVAE.from_pretrained(tmp_path / "vae")
+
+
+def test_normalize_inverts():
+    vae = VideoVAE(VAEConfig(base_channels=8, channel_mults=(1, 1, 1), latent_channels=2,
+                             latent_shift=0.3, latent_scale=2.5))
+    z = torch.randn(1, 2, 3, 4, 4)
+    assert torch.allclose(vae.normalize(z), (z - 0.3) * 2.5)
+    assert torch.allclose(vae.denormalize(vae.normalize(z)), z, atol=1e-6)
+
+
+# -- reconstruct: metrics and the CLI -------------------------------------------------------------
+
+
+def test_ssim_analytic_values():
+    a = np.full((16, 16, 3), 100, np.uint8)
+    assert ssim(a, a) == pytest.approx(1.0)
+    # Constant images: SSIM = (2ab + C1) / (a^2 + b^2 + C1) (the structure term is 1).
+    b = np.full((16, 16, 3), 120, np.uint8)
+    c1 = (0.01 * 255) ** 2
+    assert ssim(a, b) == pytest.approx((2 * 100 * 120 + c1) / (100**2 + 120**2 + c1))
+    noisy = np.clip(a + np.random.default_rng(0).normal(0, 20, a.shape), 0, 255).astype(np.uint8)
+    assert ssim(a, noisy) < 0.5
+
+
+def test_fit_shape():
+    assert fit_shape(17, 64, 64, 4) == (17, 64, 64)
+    assert fit_shape(6, 30, 33, 8) == (9, 32, 40)
+    assert fit_shape(1, 8, 8, 8) == (1, 8, 8)
+
+
+def test_reconstruct_cli_pads_odd_shapes_and_prints_metrics(tmp_path, moving_disc, capsys):
+    from videodit.cli import main
+    from videodit.video import read_video, write_video
+
+    _random_vae().save_pretrained(tmp_path / "vae")
+    clip = moving_disc(frames=6, height=30, width=34)
+    write_video(tmp_path / "in", clip)  # a PNG folder: lossless
+    rc = main(["reconstruct", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(tmp_path / "vae"),
+               "--chunk-frames", "4"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "padded 6x30x34" in out and "PSNR" in out and "SSIM" in out
+    assert read_video(tmp_path / "out").frames.shape == clip.shape
+
+
+def test_reconstruct_cli_missing_model_is_one_line(tmp_path, moving_disc, capsys):
+    from videodit.cli import main
+    from videodit.video import write_video
+
+    write_video(tmp_path / "in", moving_disc(frames=5, height=32, width=32))
+    rc = main(["reconstruct", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "nope")])
+    assert rc == 2
+    assert "bundle folder not found" in capsys.readouterr().err
+

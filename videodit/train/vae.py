@@ -1,0 +1,277 @@
+"""Train the causal video VAE (``videodit train-vae``).
+
+Loss: L1 reconstruction (mean over pixels, in [-1, 1] units) + kl_weight * KL (mean over latent
+elements) against N(0, 1). Nothing perceptual or adversarial: SynthWorld is flat colours, where
+L1 already gives sharp edges and the PSNR target is met without them.
+
+Exact resume: everything random in a step (the crop, the posterior noise) is drawn from a
+generator seeded by (seed, step), and the data stream restarts at ``data_position``, so
+"N steps straight" and "k steps, stop, resume, N - k steps" give identical weights.
+
+Outputs under ``out``: checkpoint.pt (full training state, every ``save_every`` steps / minutes),
+log.csv, and bundle/ (EMA weights + config.json with measured latent normalisation) at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable
+
+if TYPE_CHECKING:
+    import torch
+
+    from videodit.train import DistInfo
+    from videodit.vae import VAEConfig, VideoVAE
+
+from videodit.config import to_dict
+from videodit.errors import VideoditError
+
+# This module's top level stays free of torch so that `videodit --help` (which builds the
+# train-vae flags from VAETrainConfig) is fast; the functions below import it where they run.
+
+CHECKPOINT_KIND = "vae"
+PRESET_NAMES = ("tiny", "s4c8", "s8c16", "gpu")  # keys of videodit.vae.PRESETS (checked in check())
+
+
+@dataclass(frozen=True)
+class VAETrainConfig:
+    preset: str = field(default="s4c8", metadata={"help": f"VAE size preset: {', '.join(PRESET_NAMES)}"})
+    out: str = field(default="runs/vae", metadata={"help": "output folder (checkpoint.pt, log.csv, bundle/)"})
+    steps: int = field(default=4000, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=8, metadata={"help": "clips per step (per process)"})
+    lr: float = field(default=3e-4, metadata={"help": "peak AdamW learning rate"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warmup, then cosine decay to lr/10"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    kl_weight: float = field(default=1e-5, metadata={"help": "weight of the KL term (mean over latent elements)"})
+    ema_decay: float = field(default=0.999, metadata={"help": "EMA decay of the weights saved in the bundle"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm"})
+    width: int = field(default=64, metadata={"help": "SynthWorld clip width"})
+    height: int = field(default=64, metadata={"help": "SynthWorld clip height"})
+    frames: int = field(default=17, metadata={"help": "SynthWorld clip frames (4k+1)"})
+    crop_size: int = field(default=0, metadata={
+        "help": "train on random square crops of this size (0 = whole frames); the VAE is convolutional"})
+    crop_frames: int = field(default=0, metadata={"help": "train on random 4k+1-frame windows (0 = whole clips)"})
+    seed: int = field(default=0, metadata={"help": "seed for init, crops, posterior noise and data"})
+    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda, cuda:1 ..."})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader workers rendering SynthWorld"})
+    save_every: int = field(default=500, metadata={"help": "checkpoint every N steps"})
+    save_minutes: float = field(default=5.0, metadata={"help": "also checkpoint when this many minutes passed"})
+    log_every: int = field(default=10, metadata={"help": "CSV log every N steps"})
+    resume: bool = field(default=True, metadata={"help": "resume from OUT/checkpoint.pt when it exists"})
+    stats_batches: int = field(default=8, metadata={"help": "batches used to measure the latent scale/shift"})
+
+    def check(self) -> None:
+        from videodit.vae import PRESETS
+
+        if self.preset not in PRESETS:
+            raise VideoditError(f"--preset {self.preset!r}: unknown; choose one of {', '.join(PRESETS)}")
+        s = PRESETS[self.preset].spatial_stride
+        if (self.frames - 1) % 4:
+            raise VideoditError(f"--frames {self.frames}: must be 4k+1 (e.g. {(self.frames - 1) // 4 * 4 + 1})")
+        if self.crop_frames and ((self.crop_frames - 1) % 4 or self.crop_frames > self.frames):
+            raise VideoditError(f"--crop-frames {self.crop_frames}: must be 4k+1 and <= --frames {self.frames}")
+        if self.crop_size and (self.crop_size % s or self.crop_size > min(self.width, self.height)):
+            raise VideoditError(f"--crop-size {self.crop_size}: must be a multiple of {s} and fit the frame")
+        if self.width % s or self.height % s:
+            raise VideoditError(f"--width/--height {self.width}x{self.height}: must be multiples of {s}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise VideoditError("--steps and --batch-size must be >= 1")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+StreamFactory = Callable[[int], Iterable[dict]]  # start index -> stream of {"video": (3, F, H, W)}
+
+
+def synthworld_stream(cfg: VAETrainConfig, split: str = "train") -> StreamFactory:
+    from videodit.data.synthworld import SynthWorldConfig, SynthWorldStream
+
+    def make(start: int):
+        return SynthWorldStream(SynthWorldConfig(split=split, seed=cfg.seed, sizes=(f"{cfg.width}x{cfg.height}",),
+                                                 frames=(cfg.frames,), start=start))
+    return make
+
+
+def _batches(make_stream: StreamFactory, start: int, cfg: VAETrainConfig):
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(make_stream(start), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                        persistent_workers=False, drop_last=True)
+    for batch in loader:
+        yield batch["video"]
+
+
+def _crop(x: torch.Tensor, cfg: VAETrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """One random window per batch (B, 3, F, H, W) -> (B, 3, crop_frames, crop, crop)."""
+    import torch
+
+    _, _, Fr, H, W = x.shape
+    if cfg.crop_frames and cfg.crop_frames < Fr:
+        t0 = int(torch.randint(0, Fr - cfg.crop_frames + 1, (1,), generator=gen))
+        x = x[:, :, t0:t0 + cfg.crop_frames]
+    if cfg.crop_size and (cfg.crop_size < H or cfg.crop_size < W):
+        y0 = int(torch.randint(0, H - cfg.crop_size + 1, (1,), generator=gen))
+        x0 = int(torch.randint(0, W - cfg.crop_size + 1, (1,), generator=gen))
+        x = x[..., y0:y0 + cfg.crop_size, x0:x0 + cfg.crop_size]
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss, schedule, metrics
+# ---------------------------------------------------------------------------------------------
+
+def vae_loss(x: torch.Tensor, recon: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor,
+             kl_weight: float) -> tuple[torch.Tensor, dict]:
+    import torch.nn.functional as F
+
+    l1 = (recon - x).abs().mean()
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+    mse = F.mse_loss(recon.detach().clamp(-1, 1), x)
+    psnr = 10 * math.log10(4.0 / max(mse.item(), 1e-12))  # peak-to-peak 2 in [-1, 1] units
+    return l1 + kl_weight * kl, {"l1": l1.item(), "kl": kl.item(), "psnr": psnr}
+
+
+def lr_at(step: int, cfg: VAETrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def latent_stats(vae: VideoVAE, batches: Iterable[torch.Tensor]) -> tuple[float, float]:
+    """Shift and scale so that normalize(z) has mean 0 and std 1 over the given clips."""
+    import torch
+
+    with torch.no_grad():
+        zs = [vae.encode(x).flatten() for x in batches]
+    z = torch.cat(zs)
+    return z.mean().item(), 1.0 / z.std().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# Training loop
+# ---------------------------------------------------------------------------------------------
+
+def train_vae(cfg: VAETrainConfig, make_stream: StreamFactory | None = None,
+              vae_cfg: VAEConfig | None = None, progress: bool = True) -> Path:
+    """Train (or resume) and return the path of the saved bundle. ``make_stream`` defaults to
+    SynthWorld; ``vae_cfg`` overrides the preset (tests use tiny ones)."""
+    from videodit.train import cleanup_distributed, setup_distributed
+    from videodit.vae import PRESETS
+
+    cfg.check()
+    dist = setup_distributed(cfg.device)
+    try:
+        return _train(cfg, make_stream or synthworld_stream(cfg), vae_cfg or PRESETS[cfg.preset], dist, progress)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, dist: DistInfo,
+           progress: bool) -> Path:
+    import torch
+    from tqdm import tqdm
+
+    from videodit.train import ema_update
+    from videodit.train.checkpoint import load_checkpoint, save_checkpoint
+    from videodit.vae import VideoVAE, with_latent_stats
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    ckpt_path = out / "checkpoint.pt"
+    device = dist.device
+
+    torch.manual_seed(cfg.seed)
+    model = VideoVAE(vae_cfg).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    run_config = {"train": to_dict(cfg), "model": to_dict(vae_cfg)}
+
+    step, data_position = 0, 0
+    if cfg.resume and ckpt_path.exists():
+        payload = load_checkpoint(ckpt_path, kind=CHECKPOINT_KIND, model=model, optimizer=opt, ema=ema,
+                                  model_config=to_dict(vae_cfg))
+        step, data_position = payload["step"], payload["data_position"]
+        if dist.is_main:
+            print(f"resumed from {ckpt_path} at step {step}")
+
+    train_model = model
+    if dist.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    log_file = None
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        new_log = not (out / "log.csv").exists() or step == 0
+        log_file = open(out / "log.csv", "w" if new_log else "a", newline="")
+        log = csv.writer(log_file)
+        if new_log:
+            log.writerow(["step", "loss", "l1", "kl", "psnr", "lr", "it_per_s", "elapsed_s"])
+
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and dist.is_main), desc="train-vae",
+               dynamic_ncols=True)
+    t_start = t_last_save = time.time()
+    t_log, step_log = t_start, step
+    batches = _batches(make_stream, data_position, cfg)
+    samples_per_step = cfg.batch_size * dist.world_size
+
+    def checkpoint():
+        save_checkpoint(ckpt_path, kind=CHECKPOINT_KIND, step=step, data_position=data_position,
+                        config=run_config, model=model, optimizer=opt, ema=ema)
+
+    while step < cfg.steps:
+        x = next(batches).to(device, non_blocking=True)
+        gen_cpu = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        x = _crop(x, cfg, gen_cpu)
+        gen = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step + dist.rank * 7919)
+        lr = lr_at(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+        recon, mean, logvar = train_model(x, gen)
+        loss, parts = vae_loss(x, recon, mean, logvar, cfg.kl_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        # EMA warms up (decay ramps toward ema_decay) so early bundles are not dominated by init.
+        ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        step += 1
+        data_position += samples_per_step
+
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{parts['psnr']:.1f}")
+        if dist.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+            now = time.time()
+            log.writerow([step, f"{loss.item():.6f}", f"{parts['l1']:.6f}", f"{parts['kl']:.4f}",
+                          f"{parts['psnr']:.3f}", f"{lr:.3e}", f"{(step - step_log) / (now - t_log):.3f}",
+                          f"{now - t_start:.1f}"])
+            log_file.flush()
+            t_log, step_log = now, step
+        if dist.is_main and (step % cfg.save_every == 0 or time.time() - t_last_save > 60 * cfg.save_minutes):
+            checkpoint()
+            t_last_save = time.time()
+    bar.close()
+
+    bundle = out / "bundle"
+    if dist.is_main:
+        checkpoint()
+        log_file.close()
+        stats_batches = (b.to(device) for _, b in zip(range(cfg.stats_batches), _batches(make_stream, 0, cfg)))
+        shift, scale = latent_stats(ema, stats_batches)
+        final = VideoVAE(with_latent_stats(vae_cfg, shift, scale))
+        final.load_state_dict(ema.state_dict())
+        final.save_pretrained(bundle)
+    return bundle
+

@@ -1,0 +1,432 @@
+"""Causal 3D video VAE: pixels (B, 3, F, H, W) in [-1, 1] <-> latents (B, c, T, h, w).
+
+Time is causal with stride 4 and the first frame is encoded alone (DESIGN.md, "Frames"):
+F = 4k + 1 frames -> T = k + 1 latent frames, so an image is a 1-frame video. Space has stride
+4 or 8 (2 ** (len(channel_mults) - 1)).
+
+Every temporal convolution pads on the left only, replicating the first frame, so output frame t
+sees input frames <= t. That makes chunked processing exact: each causal conv keeps the tail of
+its input that its next outputs still need (a "cache", one entry per conv, carried between
+chunks), so a long video is encoded or decoded a few frames at a time in bounded memory and
+gives the one-shot result. There are no normalisation layers: they would carry statistics across
+time or space (GroupNorm) and break exact chunking and tiling, and a per-position RMS norm over
+channels stalled training (one clip overfit to ~19 dB vs ~28 dB without; docs/VAE.md). The
+residual branches start at zero instead, which keeps the plain network stable.
+
+Precision: parameters stay fp32; convolutions run under bf16 autocast (``compute_dtype``).
+Set ``vae.compute_dtype = torch.float32`` for exact comparisons.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from videodit.config import from_dict, to_dict
+from videodit.errors import VideoditError
+
+TEMPORAL_STRIDE = 4
+LOGVAR_RANGE = (-30.0, 20.0)  # clamp as in the Stable Diffusion VAE: keeps exp() finite early in training
+LOGVAR_INIT = -6.0  # posterior std starts at 0.05: early training is not drowned in sampling noise
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    base_channels: int = field(default=32, metadata={"help": "channels at full resolution"})
+    channel_mults: tuple[int, ...] = field(default=(1, 2, 4), metadata={
+        "help": "channel multiplier per resolution level; spatial stride = 2 ** (levels - 1) (3 levels -> 4, 4 -> 8)"})
+    num_res_blocks: int = field(default=1, metadata={"help": "residual blocks per level (decoder uses one more)"})
+    latent_channels: int = field(default=8, metadata={"help": "channels of the latent"})
+    latent_shift: float = field(default=0.0, metadata={
+        "help": "normalize(z) = (z - shift) * scale; measured on data after training"})
+    latent_scale: float = field(default=1.0, metadata={"help": "see latent_shift"})
+
+    def __post_init__(self):
+        if len(self.channel_mults) < 3:
+            raise VideoditError(f"VAEConfig.channel_mults={self.channel_mults}: need at least 3 levels "
+                                "(the temporal stride 4 uses two downsampling stages)")
+        if self.base_channels < 8 or self.latent_channels < 1 or self.num_res_blocks < 0:
+            raise VideoditError(f"VAEConfig: invalid sizes base_channels={self.base_channels}, "
+                                f"latent_channels={self.latent_channels}, num_res_blocks={self.num_res_blocks}")
+
+    @property
+    def spatial_stride(self) -> int:
+        return 2 ** (len(self.channel_mults) - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------------
+
+Cache = dict  # nn.Module -> tensor (the tail of its input) or True (the sequence has started)
+
+
+class CausalConv3d(nn.Module):
+    """3D conv, kernel k in every axis, left-only (causal) padding in time, 'same' padding in space.
+
+    With a cache, the unconsumed tail of the (padded) input is kept for the next chunk; the first
+    chunk of a sequence is padded by replicating its first frame, exactly like the one-shot path.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: tuple[int, int] = (1, 1)):
+        super().__init__()
+        self.kernel, self.t_stride = kernel, stride[0]
+        self.conv = nn.Conv3d(cin, cout, kernel, stride=(stride[0], stride[1], stride[1]),
+                              padding=(0, kernel // 2, kernel // 2))
+
+    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        if cache is None or self not in cache:
+            x = torch.cat([x[:, :, :1]] * (self.kernel - 1) + [x], dim=2)
+        else:
+            x = torch.cat([cache[self], x], dim=2)
+        n_out = max(0, (x.shape[2] - self.kernel) // self.t_stride + 1)
+        if cache is not None:
+            cache[self] = x[:, :, n_out * self.t_stride:]  # frames the next outputs still need
+        if n_out == 0:  # a chunk too short to complete an output frame; its frames wait in the cache
+            B, _, _, H, W = x.shape
+            s = self.conv.stride[1]
+            return x.new_zeros(B, self.conv.out_channels, 0, (H + 1) // s, (W + 1) // s)
+        return self.conv(x)
+
+
+class ResBlock(nn.Module):
+    """x + conv(silu(conv(silu(x)))), the second conv zero-initialised (no normalisation layer)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv1 = CausalConv3d(cin, cout)
+        self.conv2 = CausalConv3d(cout, cout)
+        self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+        h = self.conv1(F.silu(x), cache)
+        h = self.conv2(F.silu(h), cache)
+        return self.skip(x) + h
+
+
+class Downsample(nn.Module):
+    """Halve space, and time too when ``temporal``: causal stride-2 conv, so T = (F - 1) / 2 + 1."""
+
+    def __init__(self, cin: int, cout: int, temporal: bool):
+        super().__init__()
+        self.conv = CausalConv3d(cin, cout, stride=(2 if temporal else 1, 2))
+
+    def forward(self, x: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+        return self.conv(x, cache)
+
+
+class Upsample(nn.Module):
+    """Double space, and time too when ``temporal``: T latent frames -> 2T - 1 (the first frame
+    stays single, mirroring Downsample). Time: a causal conv makes two frames per input frame
+    (depth-to-time); the very first of the sequence is dropped."""
+
+    def __init__(self, cin: int, cout: int, temporal: bool):
+        super().__init__()
+        self.time_conv = CausalConv3d(cin, 2 * cin) if temporal else None
+        self.conv = CausalConv3d(cin, cout)
+
+    def forward(self, x: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+        if self.time_conv is not None:
+            first = cache is None or self not in cache
+            if cache is not None:
+                cache[self] = True
+            B, C, T, H, W = x.shape
+            x = self.time_conv(x, cache).view(B, 2, C, T, H, W)
+            x = x.permute(0, 2, 3, 1, 4, 5).reshape(B, C, 2 * T, H, W)  # (B, C, 2T, H, W), pairs in time order
+            if first:
+                x = x[:, :, 1:]
+        B, C, T, H, W = x.shape
+        x = F.interpolate(x.transpose(1, 2).reshape(B * T, C, H, W), scale_factor=2, mode="nearest")
+        x = x.view(B, T, C, 2 * H, 2 * W).transpose(1, 2)  # (B, C, T, 2H, 2W)
+        return self.conv(x, cache)
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder / decoder
+# ---------------------------------------------------------------------------------------------
+
+def _temporal_levels(n_down: int) -> set[int]:
+    # The two deepest resampling stages carry the temporal stride 4 (time is cheapest to keep at
+    # full rate where the feature maps are small).
+    return {n_down - 2, n_down - 1}
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        chans = [cfg.base_channels * m for m in cfg.channel_mults]
+        n_down = len(chans) - 1
+        self.conv_in = CausalConv3d(3, chans[0])
+        self.blocks = nn.ModuleList()
+        cin = chans[0]
+        for i, c in enumerate(chans):
+            for _ in range(cfg.num_res_blocks):
+                self.blocks.append(ResBlock(cin, c))
+                cin = c
+            if i < n_down:
+                self.blocks.append(Downsample(cin, c, temporal=i in _temporal_levels(n_down)))
+                cin = c
+        self.mid = ResBlock(cin, cin)
+        self.conv_out = CausalConv3d(cin, 2 * cfg.latent_channels)
+
+    def forward(self, x: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+        h = self.conv_in(x, cache)
+        for block in self.blocks:
+            h = block(h, cache)
+        h = self.mid(h, cache)
+        return self.conv_out(F.silu(h), cache)  # (B, 2c, T, h, w): mean, logvar
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        chans = [cfg.base_channels * m for m in cfg.channel_mults]
+        n_down = len(chans) - 1
+        cin = chans[-1]
+        self.conv_in = CausalConv3d(cfg.latent_channels, cin)
+        self.mid = ResBlock(cin, cin)
+        self.blocks = nn.ModuleList()
+        for i in reversed(range(len(chans))):
+            for _ in range(cfg.num_res_blocks + 1):
+                self.blocks.append(ResBlock(cin, chans[i]))
+                cin = chans[i]
+            if i > 0:
+                # Channels drop to the next level's inside the upsampler, so the conv at the
+                # higher resolution is the narrower one.
+                self.blocks.append(Upsample(cin, chans[i - 1], temporal=(i - 1) in _temporal_levels(n_down)))
+                cin = chans[i - 1]
+        self.conv_out = CausalConv3d(cin, 3)
+
+    def forward(self, z: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+        h = self.mid(self.conv_in(z, cache), cache)
+        for block in self.blocks:
+            h = block(h, cache)
+        return self.conv_out(F.silu(h), cache)
+
+
+# ---------------------------------------------------------------------------------------------
+# Spatial tiling
+# ---------------------------------------------------------------------------------------------
+
+def _tile_starts(size: int, tile: int, step: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, step))
+    return starts + [size - tile]
+
+
+def _ramp(length: int, fade_lo: int, fade_hi: int, device) -> torch.Tensor:
+    """Blend weights along one axis of a tile: linear ramps over the overlapped borders."""
+    w = torch.ones(length, device=device)
+    if fade_lo:
+        w[:fade_lo] = torch.arange(1, fade_lo + 1, device=device) / (fade_lo + 1)
+    if fade_hi:
+        w[length - fade_hi:] = torch.arange(fade_hi, 0, -1, device=device) / (fade_hi + 1)
+    return w
+
+
+def _tiled(fn, x: torch.Tensor, tile: int, overlap: int, scale_num: int, scale_den: int) -> torch.Tensor:
+    """Apply ``fn`` to overlapping spatial tiles of x (B, C, T, H, W) and blend the outputs.
+
+    ``tile``/``overlap`` are in input pixels; fn maps a tile of size s to one of size
+    s * scale_num / scale_den. Output pixels in an overlap are a linear cross-fade of the tiles.
+    """
+    B, _, _, H, W = x.shape
+    ys, xs = _tile_starts(H, tile, tile - overlap), _tile_starts(W, tile, tile - overlap)
+    out = weight = None
+    for y0 in ys:
+        for x0 in xs:
+            y = fn(x[:, :, :, y0:y0 + tile, x0:x0 + tile])
+            oy0, ox0 = y0 * scale_num // scale_den, x0 * scale_num // scale_den
+            if out is None:
+                Ho, Wo = H * scale_num // scale_den, W * scale_num // scale_den
+                out = y.new_zeros(B, y.shape[1], y.shape[2], Ho, Wo)
+                weight = y.new_zeros(Ho, Wo)
+            th, tw = y.shape[-2:]
+            ov = overlap * scale_num // scale_den
+            # Fade only on borders shared with a neighbour tile; image borders keep full weight.
+            wy = _ramp(th, ov if y0 > 0 else 0, ov if y0 + tile < H else 0, y.device)
+            wx = _ramp(tw, ov if x0 > 0 else 0, ov if x0 + tile < W else 0, y.device)
+            w = wy[:, None] * wx[None, :]
+            out[..., oy0:oy0 + th, ox0:ox0 + tw] += y * w
+            weight[oy0:oy0 + th, ox0:ox0 + tw] += w
+    return out / weight
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+
+class VideoVAE(nn.Module):
+    """Causal 3D VAE. Pixels (B, 3, F, H, W) in [-1, 1], F = 4k + 1, H and W multiples of
+    ``cfg.spatial_stride``; latents (B, latent_channels, k + 1, H / s, W / s)."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.compute_dtype = torch.bfloat16
+        self._init_weights()
+
+    def _init_weights(self):
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
+                nn.init.zeros_(m.bias)
+        # Residual branches start at zero so every block begins as the identity.
+        for m in self.modules():
+            if isinstance(m, ResBlock):
+                nn.init.zeros_(m.conv2.conv.weight)
+        nn.init.constant_(self.encoder.conv_out.conv.bias[self.cfg.latent_channels:], LOGVAR_INIT)
+
+    # -- shape checks ---------------------------------------------------------------------------
+    def check_input(self, x: torch.Tensor) -> None:
+        s = self.cfg.spatial_stride
+        if x.dim() != 5 or x.shape[1] != 3:
+            raise VideoditError(f"VAE input must be (B, 3, F, H, W); got {tuple(x.shape)}")
+        B, _, Fr, H, W = x.shape
+        if (Fr - 1) % TEMPORAL_STRIDE:
+            k = (Fr - 1) // TEMPORAL_STRIDE
+            raise VideoditError(f"VAE input has {Fr} frames; need F = 4k + 1 (nearest: {4 * k + 1} or {4 * k + 5})")
+        if H % s or W % s:
+            raise VideoditError(f"VAE input is {H}x{W} (HxW); both must be multiples of the spatial stride {s} "
+                                f"(nearest below: {H // s * s}x{W // s * s})")
+
+    def _autocast(self, x: torch.Tensor):
+        return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.compute_dtype == torch.bfloat16)
+
+    # -- core passes ------------------------------------------------------------------------------
+    def _encode_moments(self, x: torch.Tensor, chunk_frames: int | None) -> torch.Tensor:
+        with self._autocast(x):
+            if chunk_frames is None:
+                return self.encoder(x, None).float()
+            if chunk_frames % TEMPORAL_STRIDE or chunk_frames <= 0:
+                raise VideoditError(f"chunk_frames={chunk_frames}: must be a positive multiple of {TEMPORAL_STRIDE}")
+            cache: Cache = {}
+            # Chunk boundaries sit on latent boundaries: frame 0 alone, then 4 frames per latent frame.
+            bounds = [0, 1] + list(range(1 + chunk_frames, x.shape[2], chunk_frames)) + [x.shape[2]]
+            bounds = sorted(set(bounds))
+            outs = [self.encoder(x[:, :, a:b], cache).float() for a, b in zip(bounds[:-1], bounds[1:])]
+            return torch.cat(outs, dim=2)
+
+    def _decode(self, z: torch.Tensor, chunk_latents: int | None) -> torch.Tensor:
+        with self._autocast(z):
+            if chunk_latents is None:
+                return self.decoder(z, None).float()
+            if chunk_latents <= 0:
+                raise VideoditError(f"chunk_frames must be positive; got {chunk_latents * TEMPORAL_STRIDE}")
+            cache: Cache = {}
+            outs = [self.decoder(z[:, :, a:a + chunk_latents], cache).float()
+                    for a in range(0, z.shape[2], chunk_latents)]
+            return torch.cat(outs, dim=2)
+
+    # -- public API -----------------------------------------------------------------------------
+    def encode_moments(self, x: torch.Tensor, *, chunk_frames: int | None = None,
+                       tile: int | None = None, tile_overlap: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance, each (B, c, T, h, w). ``chunk_frames`` (a multiple
+        of 4) bounds memory in time; ``tile`` (pixels, a multiple of the stride) in space."""
+        self.check_input(x)
+        if tile is None:
+            moments = self._encode_moments(x, chunk_frames)
+        else:
+            self._check_tile(tile, tile_overlap)
+            s = self.cfg.spatial_stride
+            moments = _tiled(lambda t: self._encode_moments(t, chunk_frames), x, tile, tile_overlap, 1, s)
+        mean, logvar = moments.chunk(2, dim=1)
+        return mean, logvar.clamp(*LOGVAR_RANGE)
+
+    def encode(self, x: torch.Tensor, sample: bool = False, *, generator: torch.Generator | None = None,
+               chunk_frames: int | None = None, tile: int | None = None, tile_overlap: int = 32) -> torch.Tensor:
+        """(B, 3, F, H, W) in [-1, 1] -> (B, c, T, h, w): the posterior mean, or a sample."""
+        mean, logvar = self.encode_moments(x, chunk_frames=chunk_frames, tile=tile, tile_overlap=tile_overlap)
+        if not sample:
+            return mean
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + torch.exp(0.5 * logvar) * noise
+
+    def decode(self, z: torch.Tensor, *, chunk_frames: int | None = None, tile: int | None = None,
+               tile_overlap: int = 32) -> torch.Tensor:
+        """(B, c, T, h, w) -> (B, 3, 4(T-1)+1, H, W), roughly in [-1, 1] (not clamped).
+        ``chunk_frames`` and ``tile``/``tile_overlap`` are in output frames and pixels."""
+        if z.dim() != 5 or z.shape[1] != self.cfg.latent_channels:
+            raise VideoditError(f"VAE latent must be (B, {self.cfg.latent_channels}, T, h, w); got {tuple(z.shape)}")
+        chunk_latents = None
+        if chunk_frames is not None:
+            if chunk_frames % TEMPORAL_STRIDE or chunk_frames <= 0:
+                raise VideoditError(f"chunk_frames={chunk_frames}: must be a positive multiple of {TEMPORAL_STRIDE}")
+            chunk_latents = chunk_frames // TEMPORAL_STRIDE
+        if tile is None:
+            return self._decode(z, chunk_latents)
+        self._check_tile(tile, tile_overlap)
+        s = self.cfg.spatial_stride
+        return _tiled(lambda t: self._decode(t, chunk_latents), z, tile // s, tile_overlap // s, s, 1)
+
+    def _check_tile(self, tile: int, overlap: int) -> None:
+        s = self.cfg.spatial_stride
+        if tile % s or overlap % s or not 0 <= overlap < tile:
+            raise VideoditError(f"tile={tile}, tile_overlap={overlap}: both must be multiples of the spatial "
+                                f"stride {s} with 0 <= overlap < tile")
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """Training pass: returns (reconstruction, mean, logvar) with the latent sampled."""
+        mean, logvar = self.encode_moments(x)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        z = mean + torch.exp(0.5 * logvar) * noise
+        return self.decode(z), mean, logvar
+
+    # -- latent normalisation (what the DiT sees) ---------------------------------------------
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.cfg.latent_shift) * self.cfg.latent_scale
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z / self.cfg.latent_scale + self.cfg.latent_shift
+
+    # -- bundles --------------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=2) + "\n")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(path / "model.safetensors"))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "VideoVAE":
+        from videodit.train.checkpoint import load_safetensors_checked
+
+        path = Path(path)
+        cfg_path = path / "config.json"
+        if not cfg_path.is_file():
+            raise VideoditError(f"{path}: not a VAE bundle (no config.json; expected config.json + model.safetensors)")
+        try:
+            cfg = from_dict(VAEConfig, json.loads(cfg_path.read_text()), source=str(cfg_path))
+        except (ValueError, json.JSONDecodeError) as e:
+            raise VideoditError(f"{cfg_path}: {e}") from None
+        model = cls(cfg)
+        load_safetensors_checked(model, path / "model.safetensors")
+        return model.to(device).eval()
+
+
+def with_latent_stats(cfg: VAEConfig, shift: float, scale: float) -> VAEConfig:
+    return dataclasses.replace(cfg, latent_shift=float(shift), latent_scale=float(scale))
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets
+# ---------------------------------------------------------------------------------------------
+
+PRESETS: dict[str, VAEConfig] = {
+    "tiny": VAEConfig(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=0, latent_channels=4),
+    "s4c8": VAEConfig(base_channels=16, channel_mults=(1, 2, 4), num_res_blocks=1, latent_channels=8),
+    "s8c16": VAEConfig(base_channels=16, channel_mults=(1, 2, 4, 4), num_res_blocks=1, latent_channels=16),
+    "gpu": VAEConfig(base_channels=128, channel_mults=(1, 2, 4, 4), num_res_blocks=2, latent_channels=16),
+}
