@@ -10,6 +10,8 @@ import sys
 from videodit import __version__
 from videodit.errors import VideoditError
 from videodit.world import cli as world_cli
+from videodit.train import cli as train_cli
+from videodit import generate, reconstruct
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"videodit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    generate.register(sub)
     world_cli.register(sub)
+    train_cli.register_train(sub)
+    train_cli.register(sub)
+    reconstruct.register(sub)
     return parser
 
 
