@@ -10,6 +10,7 @@ import sys
 from videodit import __version__
 from videodit.errors import VideoditError
 from videodit.world import cli as world_cli
+from videodit.eval import cli as eval_cli
 from videodit.train import cli as train_cli
 from videodit import generate, reconstruct
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     generate.register(sub)
     world_cli.register(sub)
+    eval_cli.register(sub)
     train_cli.register_train(sub)
     train_cli.register(sub)
     reconstruct.register(sub)

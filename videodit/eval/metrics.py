@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from videodit.eval.config import EvalConfig
 from videodit.eval.measure import COLOR_NAMES, Component, Measurement, measure
 from videodit.eval.parse import GRAVITY_MOTIONS, LINEAR_MOTIONS, ObjectSpec, ParsedPrompt, parse_prompt
 from videodit.world.physics import G, SPEEDS
@@ -45,35 +46,6 @@ CIRCLE_FILL = np.pi / 4
 
 METRICS = ("background", "color", "shape", "count", "relation", "motion", "speed", "gravity",
            "collision", "consistency", "occlusion", "sharpness")
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    still_threshold: float = field(default=0.04, metadata={
-        "help": "net displacement (H) under which an object counts as still"})
-    gravity_tolerance: float = field(default=0.35, metadata={
-        "help": "max relative error of the fitted vertical acceleration against g"})
-    speed_tolerance: float = field(default=0.25, metadata={
-        "help": "max relative error of a constant speed against its speed word"})
-    collision_tolerance: float = field(default=0.3, metadata={
-        "help": "max relative error of the exchanged velocities in a collision"})
-    area_drift: float = field(default=0.3, metadata={
-        "help": "max relative deviation of an object's area from its median"})
-    relation_margin: float = field(default=0.02, metadata={
-        "help": "min centroid offset (H) along a relation's axis"})
-    max_edge_width: float = field(default=2.25, metadata={
-        "help": "max median edge width (px of partial coverage per px of perimeter)"})
-    min_presence: float = field(default=0.5, metadata={
-        "help": "fraction of frames in which a colour must (or must not) appear"})
-    square_fill: float = field(default=0.89, metadata={
-        "help": "fill ratio at or above which a blob is a square"})
-    triangle_fill: float = field(default=0.64, metadata={
-        "help": "fill ratio below which a blob is a triangle"})
-    triangle_score: float = field(default=0.05, metadata={
-        "help": "centroid offset below the box centre (box heights), less triangle_fill_weight "
-                "x (fill - 0.785), above which a blob is a triangle"})
-    triangle_fill_weight: float = field(default=0.3, metadata={
-        "help": "weight of the fill ratio in the triangle score"})
 
 
 @dataclass(frozen=True)

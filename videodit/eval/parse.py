@@ -356,15 +356,15 @@ class ParsedPrompt:
                                 f"try e.g. 'a red ball bouncing on a black background'")
         bg = f"on a {self.background} background" if self.background else ""
         if self.family == "collision" and len(self.objects) >= 2:
-            a, b = (_noun_phrase(o) for o in self.objects[:2])
+            a, b = (_noun_phrase(o, speed_adjective=True) for o in self.objects[:2])
             text = f"{a} and {_lower_article(b)} roll toward each other and bounce apart"
             return _sentence(text + (f", {bg}" if bg else ""))
         if self.family == "occlusion":
             o = self.objects[0]
-            direction = o.motion if o.motion in ("left", "right") else "right"
             speed = f" {o.speed}" if o.speed in ("slowly", "quickly") else ""
-            text = (f"{_noun_phrase(o)} slides{speed} to the {direction} behind a gray wall "
-                    f"and comes out the other side")
+            verb = (f"slides{speed} to the {o.motion}" if o.motion in ("left", "right")
+                    else f"passes{speed}")
+            text = f"{_noun_phrase(o)} {verb} behind a gray wall and comes out the other side"
             return _sentence(text + (f", {bg}" if bg else ""))
         if self.relation is not None and len(self.objects) >= 2:
             s, o = self.objects[self.relation.subject], self.objects[self.relation.object]
@@ -382,16 +382,16 @@ class ParsedPrompt:
 _COUNT_WORDS = {1: "a", 2: "two", 3: "three"}
 
 
-def _noun_phrase(o: ObjectSpec) -> str:
+def _noun_phrase(o: ObjectSpec, speed_adjective: bool = False) -> str:
     plural = o.count != 1
     number = "some" if o.count is None else _COUNT_WORDS.get(o.count, str(o.count))
-    if o.count == 1:
-        first = next(w for w in (o.size, o.color, o.shape or "object") if w)
-        number = "an" if first[0] in "aeiou" else "a"
+    speed = {"slowly": "slow", "quickly": "fast"}.get(o.speed) if speed_adjective else None
+    adjectives = [w for w in (o.size, speed, o.color) if w]
     noun = o.shape or "object"
+    if o.count == 1:
+        number = "an" if (adjectives + [noun])[0][0] in "aeiou" else "a"
     noun = noun + "s" if plural else noun
-    words = [number] + [w for w in (o.size, o.color) if w] + [noun]
-    return " ".join(words)
+    return " ".join([number] + adjectives + [noun])
 
 
 def _verb_phrase(o: ObjectSpec) -> str:
