@@ -66,6 +66,12 @@ def test_canonical_forms(text, family, background, objects, relation):
     ("A red square doesn't move.", lambda p: _obj(p).motion == "still"),
     ("three small green triangles resting", lambda p: _obj(p).count == 3 and _obj(p).size == "small"),
     ("a red ball and a blue square move up", lambda p: [o.motion for o in p.objects] == ["up", "up"]),
+    ("a yellow ball with a cyan square to its left",
+     lambda p: (p.relation.subject, p.relation.relation, p.relation.object) == (1, "left_of", 0)),
+    ("A crimson sphere glides rightward over a dark backdrop",
+     lambda p: _obj(p).color == "red" and _obj(p).motion == "right" and p.relation is None),
+    ("Here is a green triangle moving to the left at high speed on a black canvas",
+     lambda p: _obj(p).speed == "quickly" and p.background == "black" and not p.unparsed),
     ("a tiny cyan triangle is thrown rightward", lambda p: _obj(p).motion == "thrown_right" and _obj(p).size == "small"),
 ])
 def test_human_phrasings(text, check):

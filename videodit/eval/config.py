@@ -23,7 +23,7 @@ class EvalConfig:
         "help": "max relative deviation of an object's area from its median"})
     relation_margin: float = field(default=0.02, metadata={
         "help": "min centroid offset (H) along a relation's axis"})
-    max_edge_width: float = field(default=2.25, metadata={
+    max_edge_width: float = field(default=2.3, metadata={
         "help": "max median edge width (px of partial coverage per px of perimeter)"})
     min_presence: float = field(default=0.5, metadata={
         "help": "fraction of frames in which a colour must (or must not) appear"})

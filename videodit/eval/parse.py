@@ -183,6 +183,16 @@ _RELATIONS = {
               "directly below", "at the bottom of", "underneath of"),
     "beside": ("next to", "beside", "alongside", "by the side of", "side by side with"),
 }
+# Pronoun forms name the relation of the *later* object to the earlier one: "a yellow ball with a
+# cyan square to its left" = the cyan square is left of the yellow ball.
+_RELATIONS_IT = {
+    "left_of": ("to its left", "on its left", "left of it", "to the left of it", "on the left of it"),
+    "right_of": ("to its right", "on its right", "right of it", "to the right of it",
+                 "on the right of it"),
+    "above": ("above it", "over it", "on top of it", "atop it"),
+    "below": ("below it", "under it", "beneath it", "underneath it"),
+    "beside": ("next to it", "beside it"),
+}
 _BACKGROUND_WORDS = ("background", "backdrop", "bg", "backgrounds", "canvas", "screen", "field",
                      "scene", "surface", "board", "plane", "setting", "ground color")
 _ARTICLES = ("a", "an", "the", "another", "this", "that")
@@ -200,7 +210,8 @@ while whilst whole entire entirely completely half still's so such kind sort of 
 themselves both either one another single slightly somewhat bit little something someone
 shows depicts depicting featuring features feature displayed display appears appear
 appearing seems visible can could will would should then next identical same matching
-front moment briefly short off while time for behind's equal equally alike similar
+front moment briefly short off positioned located situated
+middle center centre corner edge top bottom height high somewhere area spot position while time for behind's equal equally alike similar
 """.split())
 # A leading "one" is a number; elsewhere ("a red one") it is a shape-less object word, handled
 # by the shape table's "" entry; keep it out of the filler set so it reaches the lexicon.
@@ -223,6 +234,7 @@ def _build_lexicon() -> dict[tuple[str, ...], tuple[str, str]]:
     table.update({p: ("occlusion", "occlusion") for p in _OCCLUSION})
     table.update({p: ("collision", "collision") for p in _COLLISION})
     table.update(_entries("relation", _RELATIONS))
+    table.update(_entries("relation_it", _RELATIONS_IT))
     table.update({p: ("bgword", "bgword") for p in _BACKGROUND_WORDS})
     table.update({p: ("article", "article") for p in _ARTICLES})
     # Shapes come last so that "one" as a number ("one red ball") is decided by context below.
@@ -579,6 +591,12 @@ def parse_prompt(text: str) -> ParsedPrompt:
         if rel is not None and i + 1 < len(mentions):
             relation = Relation(i, rel, i + 1)
             break
+    if relation is None:
+        for i, m in enumerate(mentions[1:], start=1):
+            rel = next((t.value for t in m.after if t.kind == "relation_it"), None)
+            if rel is not None:
+                relation = Relation(i, rel, i - 1)
+                break
     if relation is None and len(mentions) >= 2:
         rel = next((t.value for t in lead if t.kind == "relation"), None)
         if rel is not None:
