@@ -26,7 +26,8 @@ Metrics:
   within ``area_drift`` of its median (flicker, vanishing and morphing fail).
 - occlusion: the object starts on one side of the wall and ends on the other in the named
   direction, keeps its colour and shape, and is missing only while its path is behind the wall.
-- sharpness: the median edge width (partly covered pixels per unit of perimeter) of the objects.
+- sharpness: the median edge width (partly covered pixels per unit of perimeter) of every object
+  in the video.
 """
 
 from __future__ import annotations
@@ -585,7 +586,8 @@ def _occlusion(p, m, tracks, cfg) -> MetricResult:
 
 
 def _sharpness(p, m, tracks, cfg) -> MetricResult:
-    widths = [c.edge_width for tr in tracks for fr in tr.components for c in fr]
+    # Every object in the video, named or not: a wrong colour is the color metric's business.
+    widths = [c.edge_width for fr in m.components for c in fr]
     if not widths:
         return MetricResult(False, {"error": "no object found"})
     w = float(np.median(widths))
