@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from videodit.dit import DiT, DiTConfig, PRESETS, apply_rope, rope_axis_dims, rope_tables
+from videodit.dit import DiT, DiTConfig, PRESETS, apply_rope, attention, rope_axis_dims, rope_tables
 from videodit.errors import VideoditError
 
 TINY = DiTConfig.preset("tiny")
@@ -93,6 +93,16 @@ def test_precomputed_text_kv_matches():
     assert torch.equal(model(x, t, text, mask), model(x, t, text_kv=kv))
 
 
+def test_training_after_inference_mode():
+    # Cached tables made while sampling (inference mode) must not poison a later training step.
+    model = random_model()
+    x, t, text, mask = inputs()
+    with torch.inference_mode():
+        model(x, t, text, mask)
+    model(x, t, text, mask).square().mean().backward()
+    assert model.head.weight.grad is not None
+
+
 def test_bf16_autocast_close_to_fp32():
     model = random_model()
     x, t, text, mask = inputs()
@@ -144,6 +154,26 @@ def naive_attention(q, k, v, keep=None):
     return scores.softmax(-1) @ v
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_both_attention_paths_agree(masked):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8, generator=g, requires_grad=True) for _ in range(3))
+    mask = torch.rand(2, 1, 1, 7, generator=g) > 0.4 if masked else None
+    if masked:
+        mask[..., -1] = True  # the null token is always there
+    with torch.no_grad():
+        fused = attention(q, k, v, mask)  # scaled_dot_product_attention
+    explicit = attention(q, k, v, mask)  # CPU training path
+    assert torch.allclose(fused, explicit, atol=1e-5)
+    assert torch.allclose(explicit, naive_attention(q, k, v, mask), atol=1e-5)
+    explicit.square().sum().backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    F.scaled_dot_product_attention(q, k, v, attn_mask=mask).square().sum().backward()
+    assert all(torch.allclose(a, t.grad, atol=1e-4) for a, t in zip(grads, (q, k, v)))
+
+
 def test_self_attention_equals_naive_reference():
     model = random_model()
     attn = model.blocks[0].self_attn
@@ -151,14 +181,16 @@ def test_self_attention_equals_naive_reference():
     hd = D // heads
     x = torch.randn(B, T * H * W, D)
     rope = model.rope((T, H, W), "cpu", torch.float32)
-    q, k, v = (x @ attn.qkv.weight.T + attn.qkv.bias).view(B, -1, 3, heads, hd).unbind(2)
+    q, k, v = (x @ attn.qkv.weight.T).view(B, -1, 3, heads, hd).unbind(2)
     rms = lambda a, w: a / a.pow(2).mean(-1, keepdim=True).add(TINY.norm_eps).sqrt() * w  # noqa: E731
     pos = grid_positions(T, H, W)
-    q = rope_reference(rms(q, attn.norm_q.weight), pos, hd, TINY.rope_theta)
-    k = rope_reference(rms(k, attn.norm_k.weight), pos, hd, TINY.rope_theta)
+    q = rope_reference(rms(q, attn.q_gain), pos, hd, TINY.rope_theta)
+    k = rope_reference(rms(k, attn.k_gain), pos, hd, TINY.rope_theta)
     o = naive_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    expected = o.transpose(1, 2).reshape(B, -1, D) @ attn.out.weight.T + attn.out.bias
+    expected = o.transpose(1, 2).reshape(B, -1, D) @ attn.out.weight.T
     assert torch.allclose(attn(x, rope), expected, atol=1e-4)
+    with torch.no_grad():
+        assert torch.allclose(attn(x, rope), expected, atol=1e-4)
 
 
 def test_cross_attention_equals_naive_reference():
@@ -172,12 +204,14 @@ def test_cross_attention_equals_naive_reference():
     context = torch.cat([model.text_embed(text), model.null_text.expand(B, 1, D)], dim=1)
     keep = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool)], dim=1)[:, None, None, :]
     rms = lambda a, w: a / a.pow(2).mean(-1, keepdim=True).add(TINY.norm_eps).sqrt() * w  # noqa: E731
-    q = rms((x @ attn.q.weight.T + attn.q.bias).view(B, N, heads, hd), attn.norm_q.weight).transpose(1, 2)
-    k, v = (context @ attn.kv.weight.T + attn.kv.bias).view(B, -1, 2, heads, hd).unbind(2)
-    k = rms(k, attn.norm_k.weight).transpose(1, 2)
+    q = rms((x @ attn.q.weight.T).view(B, N, heads, hd), attn.q_gain).transpose(1, 2)
+    k, v = (context @ attn.kv.weight.T).view(B, -1, 2, heads, hd).unbind(2)
+    k = rms(k, attn.k_gain).transpose(1, 2)
     o = naive_attention(q, k, v.transpose(1, 2), keep)
-    expected = o.transpose(1, 2).reshape(B, N, D) @ attn.out.weight.T + attn.out.bias
+    expected = o.transpose(1, 2).reshape(B, N, D) @ attn.out.weight.T
     assert torch.allclose(attn(x, kv.kv[1], kv.mask), expected, atol=1e-4)
+    with torch.no_grad():
+        assert torch.allclose(attn(x, kv.kv[1], kv.mask), expected, atol=1e-4)
 
 
 def test_presets_and_param_counts():
