@@ -136,3 +136,15 @@ def test_agrees_with_generator_captions():
                     got = (pk(p.relation.subject), p.relation.relation, pk(p.relation.object))
                     want = (key(r["subject"]), r["relation"], key(r["object"]))
                     assert got in (want, (want[2], inverse[want[1]], want[0])), text
+
+
+def test_vocabulary_covers_the_world():
+    from videodit.eval import parse
+    from videodit.world.palette import BACKGROUNDS, COLORS
+    from videodit.world.scene import SHAPES
+
+    assert set(parse._COLORS) == set(COLORS)
+    assert set(parse._SHAPES) - {""} == set(SHAPES)
+    assert set(parse._BACKGROUNDS) == set(BACKGROUNDS)
+    for name in (*COLORS, *SHAPES):
+        assert parse_prompt(f"a {name} ball" if name in COLORS else f"a red {name}").unparsed == ()

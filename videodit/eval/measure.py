@@ -8,8 +8,8 @@ Segmentation (SYNTHWORLD.md, "What an evaluator measures"): a pixel joins an obj
 its RGB distance to that colour is under ``color_threshold`` and smaller than its distance to the
 background (and to the wall grey). Anti-aliased edges mix an object colour with the background
 and can land near another palette colour (red on white edges look pink); such rims are at most
-two pixels thick, so a component only counts when a 3x3 morphological opening leaves a core of
-it. Inside a component, each pixel's coverage alpha is its projection on the segment from the
+two pixels thick, so a component only counts when a 3x3 morphological opening (2x2 below 45 px
+canvas height, where a 3x3 square no longer fits in a small triangle) leaves a core of it. Inside a component, each pixel's coverage alpha is its projection on the segment from the
 background colour to the object colour; the alpha-weighted area, centroid and extents are then
 sub-pixel accurate, which keeps the shape descriptor unbiased for ~9 px objects at 64x64.
 """
@@ -22,6 +22,8 @@ import numpy as np
 from scipy import ndimage
 
 from videodit.world.palette import BACKGROUNDS, COLORS, WALL_RGB
+from videodit.world.physics import SIZES
+from videodit.world.scene import TRIANGLE_SIDE
 
 COLOR_NAMES = tuple(COLORS)
 _OBJECT_RGB = np.array([COLORS[c] for c in COLOR_NAMES], dtype=np.float32)    # (K, 3)
@@ -32,8 +34,6 @@ _WALL = np.array(WALL_RGB, dtype=np.float32)
 # In-plane 8-connectivity, no links across time: one ndimage.label call labels every frame.
 _PLANE_8 = np.zeros((3, 3, 3), dtype=bool)
 _PLANE_8[1] = True
-_OPEN_3x3 = np.zeros((1, 3, 3), dtype=bool)
-_OPEN_3x3[0] = True
 
 
 @dataclass(frozen=True)
@@ -82,16 +82,16 @@ class Measurement:
         return [[c for c in frame if c.color == color] for frame in self.components]
 
 
-def _distances(pixels: np.ndarray, refs: np.ndarray) -> np.ndarray:
-    """(..., 3) x (K, 3) -> (..., K) Euclidean RGB distances."""
-    diff = pixels[..., None, :] - refs                 # (..., K, 3)
+def _distance(pixels: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) -> (...) Euclidean RGB distance to one colour (one colour at a time keeps the
+    temporaries at the size of the video, not eight times it)."""
+    diff = pixels - rgb
     return np.sqrt((diff * diff).sum(-1))
 
 
 def detect_background(frames: np.ndarray, cfg: MeasureConfig) -> tuple[str | None, float]:
     x = frames.astype(np.float32)
-    d = _distances(x, _BG_RGB)                          # (F, H, W, B)
-    fractions = (d < cfg.background_threshold).mean(axis=(0, 1, 2))
+    fractions = np.array([(_distance(x, rgb) < cfg.background_threshold).mean() for rgb in _BG_RGB])
     best = int(fractions.argmax())
     if fractions[best] < cfg.min_background_fraction:
         return None, float(fractions[best])
@@ -105,7 +105,7 @@ def detect_wall(frames: np.ndarray, background: str | None,
     if background not in ("black", "white"):
         return None
     x = frames.astype(np.float32)
-    grey = _distances(x, _WALL[None])[..., 0] < cfg.background_threshold   # (F, H, W)
+    grey = _distance(x, _WALL) < cfg.background_threshold                  # (F, H, W)
     static = grey.mean(0) >= cfg.wall_static_fraction                      # (H, W)
     labels, n = ndimage.label(static)
     if n == 0:
@@ -115,12 +115,30 @@ def detect_wall(frames: np.ndarray, background: str | None,
     if sizes[best - 1] < cfg.min_wall_area_fraction * frames.shape[1] ** 2:
         return None
     rows, cols = np.nonzero(labels == best)
-    return float(cols.min()), float(cols.max() + 1), float(rows.min()), float(rows.max() + 1)
+    top, bottom = rows.min(), rows.max() + 1
+    left, right = cols.min(), cols.max() + 1
+    # Anti-aliased side columns are partly wall: add their coverage (projection on the
+    # background-to-grey line, median over frames so an object passing by does not count).
+    bg = np.asarray(BACKGROUNDS[background], np.float32)
+    axis = _WALL - bg
+
+    def coverage(col: int) -> float:
+        if not 0 <= col < frames.shape[2]:
+            return 0.0
+        pix = x[:, top:bottom, col]                                          # (F, h, 3)
+        t = ((pix - bg) @ axis) / float(axis @ axis)
+        return float(np.clip(np.median(t, axis=0).mean(), 0.0, 1.0))
+
+    return (float(left - coverage(left - 1)), float(right + coverage(right)),
+            float(top), float(bottom))
+
+
+_TRIANGLE_INRADIUS = TRIANGLE_SIDE * min(SIZES.values()) / (2 * np.sqrt(3))   # in H
 
 
 def smallest_object_area(height: int) -> float:
-    """Area in px of SynthWorld's smallest object: a small triangle (side 1.1 x 0.14 H)."""
-    side = 1.1 * 0.14 * height
+    """Area in px of SynthWorld's smallest object: a small triangle."""
+    side = TRIANGLE_SIDE * min(SIZES.values()) * height
     return float(np.sqrt(3) / 4 * side * side)
 
 
@@ -135,11 +153,14 @@ def measure(frames: np.ndarray, cfg: MeasureConfig = MeasureConfig()) -> Measure
     # background of each pixel's frame majority: use the frame-wide median colour.
     bg_rgb = (np.asarray(BACKGROUNDS[background], np.float32) if background is not None
               else np.median(x.reshape(-1, 3), axis=0))
-    d_obj = _distances(x, _OBJECT_RGB)                  # (F, H, W, K)
-    nearest = d_obj.argmin(-1)                          # (F, H, W)
-    d_near = d_obj.min(-1)
-    d_bg = np.sqrt(((x - bg_rgb) ** 2).sum(-1))
-    d_wall = np.sqrt(((x - _WALL) ** 2).sum(-1))
+    nearest = np.zeros(x.shape[:-1], np.int8)          # (F, H, W) index of the nearest colour
+    d_near = np.full(x.shape[:-1], np.inf, np.float32)
+    for k, rgb in enumerate(_OBJECT_RGB):
+        d = _distance(x, rgb)
+        closer = d < d_near
+        nearest[closer], d_near[closer] = k, d[closer]
+    d_bg = _distance(x, bg_rgb)
+    d_wall = _distance(x, _WALL)
     # Every object colour is saturated; greyish pixels are background, wall, or the anti-aliased
     # edge between them (light grey at a wall's edge on white is within reach of pink).
     chroma = x.max(-1) - x.min(-1)
@@ -147,13 +168,18 @@ def measure(frames: np.ndarray, cfg: MeasureConfig = MeasureConfig()) -> Measure
     if wall is not None or background == "gray":
         is_object &= d_near < d_wall
     min_area = cfg.min_area_fraction * smallest_object_area(H)
+    # The opening that removes anti-aliased rims must leave a core of the smallest triangle: a 3x3
+    # square fits inside it from H = 45 px (inradius 0.0445 H >= 2 px); below that, 2x2 (which
+    # still removes one-pixel rims).
+    side = 3 if _TRIANGLE_INRADIUS * H >= 2.0 else 2
+    opening = np.ones((1, side, side), dtype=bool)      # in-plane only
 
     per_frame: list[list[Component]] = [[] for _ in range(F)]
     for k, color in enumerate(COLOR_NAMES):
         mask = is_object & (nearest == k)
         if not mask.any():
             continue
-        core = ndimage.binary_opening(mask, structure=_OPEN_3x3)
+        core = ndimage.binary_opening(mask, structure=opening)
         labels, n = ndimage.label(mask, structure=_PLANE_8)
         if n == 0:
             continue

@@ -44,6 +44,7 @@ from videodit.world.physics import G, SPEEDS
 from videodit.world.scene import HELDOUT_PAIRS
 
 CIRCLE_FILL = np.pi / 4
+WALL_SLACK = 0.5   # px: the wall's and the object's sub-pixel edges are each measured to ~0.25 px
 
 METRICS = ("background", "color", "shape", "count", "relation", "motion", "speed", "gravity",
            "collision", "consistency", "occlusion", "sharpness")
@@ -210,13 +211,14 @@ def _mode(values, default):
 
 
 def _reference_area(tr: Track, wall: tuple[float, ...] | None) -> float | None:
-    """The object's full area: the median over frames where it is clear of the wall."""
-    areas = []
-    for f in np.flatnonzero(~np.isnan(tr.area)):
-        clear = wall is None or all(c.right < wall[0] or c.left > wall[1] for c in tr.components[f])
-        if clear:
-            areas.append(tr.area[f])
-    return float(np.median(areas)) if areas else None
+    """The object's full area: the median over frames where it is clear of the wall (or, when
+    it never is, the upper quartile over all frames)."""
+    present = np.flatnonzero(~np.isnan(tr.area))
+    if len(present) == 0:
+        return None
+    clear = [tr.area[f] for f in present if wall is None or all(
+        c.right < wall[0] - 0.5 or c.left > wall[1] + 0.5 for c in tr.components[f][:tr.count])]
+    return float(np.median(clear)) if clear else float(np.percentile(tr.area[present], 75))
 
 
 def _full_frames(tr: Track) -> np.ndarray:
@@ -240,8 +242,8 @@ def _behind_wall(tr: Track, m: Measurement, partly: bool) -> np.ndarray:
                       for c in tr.components[f][:1]])
     left, right = m.wall[0], m.wall[1]
     if partly:
-        return (xs + half > left - 1.0) & (xs - half < right + 1.0)
-    return (xs - half >= left - 1.0) & (xs + half <= right + 1.0)
+        return (xs + half > left - WALL_SLACK) & (xs - half < right + WALL_SLACK)
+    return (xs - half >= left - WALL_SLACK) & (xs + half <= right + WALL_SLACK)
 
 
 # --- the metrics -----------------------------------------------------------------------------
@@ -423,7 +425,7 @@ def _speed(p, m, tracks, cfg) -> MetricResult:
         if not _expects_speed(tr.spec, p):
             continue
         want = SPEEDS[tr.spec.speed or "normal"]
-        full = _full_frames(tr) & tr.visible
+        full = _full_frames(tr)   # partly hidden frames are not full: their centroid is biased
         if p.family == "collision":
             pre = np.arange(m.n_frames) <= (-1 if collide is None else collide - 1)
             v = _slope(tr.t[full & pre], tr.x[full & pre])

@@ -24,22 +24,19 @@ import re
 from dataclasses import dataclass, field
 
 from videodit.errors import VideoditError
+from videodit.world.palette import BACKGROUNDS, COLORS, WALL_BACKGROUNDS
 
-# The vocabularies the evaluator understands. They mirror SYNTHWORLD.md (palette, shapes,
-# motions), written out here on purpose: the parser is the independent reading of a prompt.
-COLOR_NAMES = ("red", "green", "blue", "yellow", "purple", "orange", "cyan", "pink")
-SHAPE_NAMES = ("circle", "square", "triangle")
-BACKGROUND_NAMES = ("black", "white", "gray")
+# Palette names come from the world (one source of truth); the words for colours, shapes and
+# motions (synonyms, phrasings) are the parser's own, written independently of the caption code.
+COLOR_NAMES = tuple(COLORS)
+BACKGROUND_NAMES = tuple(BACKGROUNDS)
+# "thrown": a throw with no side named; "toward": the two balls of a collision.
 MOTIONS = ("still", "left", "right", "up", "down", "falls", "bounces",
            "thrown_left", "thrown_right", "thrown", "toward")
 # Linear (constant-speed) motions, whose speed word the speed metric checks.
 LINEAR_MOTIONS = ("left", "right", "up", "down")
 GRAVITY_MOTIONS = ("falls", "bounces", "thrown_left", "thrown_right", "thrown")
 RELATIONS = ("left_of", "right_of", "above", "below", "beside")
-SPEED_NAMES = ("slowly", "normal", "quickly")
-FAMILIES = ("single", "pair", "count", "relation", "collision", "occlusion")
-# A wall only appears on these backgrounds (SYNTHWORLD.md, palette section).
-WALL_BACKGROUNDS = ("black", "white")
 
 
 # --- lexicon ---------------------------------------------------------------------------------
@@ -207,15 +204,12 @@ solid-colored object objects against onto upon within inside canvas animation an
 cartoon smoothly steady steadily constant constantly evenly straight directly uniformly
 continuously linearly gentle across before after first later until when gets get getting
 while whilst whole entire entirely completely half still's so such kind sort of itself
-themselves both either one another single slightly somewhat bit little something someone
+themselves both either another single slightly somewhat bit little something someone
 shows depicts depicting featuring features feature displayed display appears appear
 appearing seems visible can could will would should then next identical same matching
 front moment briefly short off positioned located situated
 middle center centre corner edge top bottom height high somewhere area spot position while time for behind's equal equally alike similar
 """.split())
-# A leading "one" is a number; elsewhere ("a red one") it is a shape-less object word, handled
-# by the shape table's "" entry; keep it out of the filler set so it reaches the lexicon.
-_FILLER.discard("one")
 
 
 def _build_lexicon() -> dict[tuple[str, ...], tuple[str, str]]:
@@ -298,11 +292,7 @@ def _tokenise(words: list[str]) -> tuple[list[_Token], list[str]]:
             stem = _singular(word)
             if stem is not None:
                 tokens.append(_Token("shape", _LEXICON[(stem,)][1], word, plural=True))
-            elif word in _FILLER:
-                pass
-            elif word.isdigit():
-                unknown.append(word)
-            else:
+            elif word not in _FILLER:
                 unknown.append(word)
             i += 1
     return tokens, unknown
@@ -317,7 +307,7 @@ class ObjectSpec:
     shape: str | None = None
     size: str | None = None
     motion: str | None = None     # one of MOTIONS
-    speed: str | None = None      # one of SPEED_NAMES
+    speed: str | None = None      # a videodit.world.physics.SPEEDS key
     count: int | None = 1         # None = "two or more" (a plural without a number)
 
 
