@@ -269,3 +269,22 @@ def test_reconstruct_cli_missing_model_is_one_line(tmp_path, moving_disc, capsys
     assert rc == 2
     assert "bundle folder not found" in capsys.readouterr().err
 
+
+
+def test_train_vae_cli_writes_bundle_log_and_checkpoint(tmp_path, capsys):
+    from videodit.cli import main
+
+    out = tmp_path / "run"
+    rc = main(["train-vae", "--preset", "tiny", "--out", str(out), "--steps", "2", "--batch-size", "1",
+               "--width", "32", "--height", "32", "--frames", "5", "--stats-batches", "1", "--device", "cpu",
+               "--threads", "1"])
+    assert rc == 0 and "saved VAE bundle" in capsys.readouterr().out
+    assert (out / "checkpoint.pt").is_file() and len((out / "log.csv").read_text().splitlines()) == 2
+    assert VideoVAE.from_pretrained(out / "bundle").cfg.latent_channels == TINY.latent_channels
+
+
+def test_train_vae_cli_rejects_bad_frames(capsys):
+    from videodit.cli import main
+
+    assert main(["train-vae", "--frames", "16", "--out", "unused"]) == 2
+    assert "--frames 16: must be 4k+1" in capsys.readouterr().err

@@ -85,13 +85,11 @@ class CausalConv3d(nn.Module):
             x = torch.cat([x[:, :, :1]] * (self.kernel - 1) + [x], dim=2)
         else:
             x = torch.cat([cache[self], x], dim=2)
-        n_out = max(0, (x.shape[2] - self.kernel) // self.t_stride + 1)
         if cache is not None:
-            cache[self] = x[:, :, n_out * self.t_stride:]  # frames the next outputs still need
-        if n_out == 0:  # a chunk too short to complete an output frame; its frames wait in the cache
-            B, _, _, H, W = x.shape
-            s = self.conv.stride[1]
-            return x.new_zeros(B, self.conv.out_channels, 0, (H + 1) // s, (W + 1) // s)
+            # Chunks start on latent-frame boundaries (VideoVAE._encode_moments), so every chunk
+            # completes at least one output frame; keep the frames the next outputs still need.
+            n_out = (x.shape[2] - self.kernel) // self.t_stride + 1
+            cache[self] = x[:, :, n_out * self.t_stride:]
         return self.conv(x)
 
 
