@@ -54,6 +54,16 @@ def test_temporal_patch_and_shared_timestep():
     assert torch.allclose(v, model(x, t[:, None].expand(2, 4), text, mask))
 
 
+def test_without_qk_norm():
+    cfg = DiTConfig.preset("tiny", qk_norm=False)
+    model = random_model(cfg)
+    x, t, text, mask = inputs(cfg=cfg)
+    v = model(x, t, text, mask)
+    assert v.shape == x.shape and torch.isfinite(v).all()
+    with torch.no_grad():  # the fused attention path agrees with the explicit (training) one
+        assert torch.allclose(model(x, t, text, mask), v, atol=1e-4)
+
+
 def test_timesteps_are_per_frame():
     model = random_model()
     x, t, text, mask = inputs(T=3)
@@ -165,6 +175,7 @@ def test_both_attention_paths_agree(masked):
         fused = attention(q, k, v, mask)  # scaled_dot_product_attention
     explicit = attention(q, k, v, mask)  # CPU training path
     assert torch.allclose(fused, explicit, atol=1e-5)
+    assert torch.allclose(attention(q * 0.5, k, v, mask, scale=1.0), naive_attention(q * 0.5 * 8**0.5, k, v, mask), atol=1e-5)
     assert torch.allclose(explicit, naive_attention(q, k, v, mask), atol=1e-5)
     explicit.square().sum().backward()
     grads = [t.grad.clone() for t in (q, k, v)]
