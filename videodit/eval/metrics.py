@@ -425,7 +425,11 @@ def _speed(p, m, tracks, cfg) -> MetricResult:
         if not _expects_speed(tr.spec, p):
             continue
         want = SPEEDS[tr.spec.speed or "normal"]
-        full = _full_frames(tr)   # partly hidden frames are not full: their centroid is biased
+        # Frames clear of the wall give unbiased centroids; when the path hugs the wall, fall
+        # back to frames with (nearly) the full area.
+        full = _full_frames(tr) & tr.visible
+        if full.sum() < 2:
+            full = _full_frames(tr)
         if p.family == "collision":
             pre = np.arange(m.n_frames) <= (-1 if collide is None else collide - 1)
             v = _slope(tr.t[full & pre], tr.x[full & pre])
