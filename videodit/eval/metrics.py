@@ -221,7 +221,7 @@ def _reference_area(tr: Track, wall: tuple[float, ...] | None) -> float | None:
     return float(np.median(clear)) if clear else float(np.percentile(tr.area[present], 75))
 
 
-def _full_frames(tr: Track) -> np.ndarray:
+def full_frames(tr: Track) -> np.ndarray:
     """Frames where the object is measured at (nearly) its full area."""
     ok = ~np.isnan(tr.area)
     if tr.ref_area is None:
@@ -233,7 +233,7 @@ def _behind_wall(tr: Track, m: Measurement, partly: bool) -> np.ndarray:
     """Frames where the object's path (a constant-velocity fit to its fully visible frames)
     overlaps the wall (partly=True) or lies entirely behind it (partly=False)."""
     F, H = m.n_frames, m.height
-    full = _full_frames(tr)
+    full = full_frames(tr)
     if full.sum() < 2:
         return np.zeros(F, bool)
     slope, icpt = np.polyfit(tr.t[full], tr.x[full], 1)
@@ -303,7 +303,7 @@ def _shape(p, m, tracks, cfg) -> MetricResult:
     for tr in tracks:
         if not tr.spec.shape:
             continue
-        got, info = _shape_of(tr, _full_frames(tr) & tr.visible, cfg)
+        got, info = _shape_of(tr, full_frames(tr) & tr.visible, cfg)
         values[tr.label] = {"measured": got, **info}
         ok &= got == tr.spec.shape
     return MetricResult(ok, values)
@@ -427,9 +427,9 @@ def _speed(p, m, tracks, cfg) -> MetricResult:
         want = SPEEDS[tr.spec.speed or "normal"]
         # Frames clear of the wall give unbiased centroids; when the path hugs the wall, fall
         # back to frames with (nearly) the full area.
-        full = _full_frames(tr) & tr.visible
+        full = full_frames(tr) & tr.visible
         if full.sum() < 2:
-            full = _full_frames(tr)
+            full = full_frames(tr)
         if p.family == "collision":
             pre = np.arange(m.n_frames) <= (-1 if collide is None else collide - 1)
             v = _slope(tr.t[full & pre], tr.x[full & pre])
@@ -555,7 +555,7 @@ def _occlusion(p, m, tracks, cfg) -> MetricResult:
     if m.wall is None:
         return MetricResult(False, {"error": "no wall found"})
     left, right = m.wall[0] / m.height, m.wall[1] / m.height
-    seen = np.flatnonzero(_full_frames(tr))
+    seen = np.flatnonzero(full_frames(tr))
     if len(seen) < 2:
         return MetricResult(False, {"error": "object not seen", "wall": list(m.wall)})
     x_first, x_last = tr.x[seen[0]], tr.x[seen[-1]]
@@ -578,7 +578,7 @@ def _occlusion(p, m, tracks, cfg) -> MetricResult:
     # Missing (or cut) only behind the wall; gone while entirely behind it.
     partly = _behind_wall(tr, m, partly=True)
     entirely = _behind_wall(tr, m, partly=False)
-    cut = ~_full_frames(tr)
+    cut = ~full_frames(tr)
     hidden_elsewhere = np.flatnonzero(cut & ~partly).tolist()
     shows_through = np.flatnonzero(entirely & (np.nan_to_num(tr.area) > 0.5 * tr.ref_area)).tolist()
     ok = bool(crossed and starts_whole and same_shape and not hidden_elsewhere and not shows_through

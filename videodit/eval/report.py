@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from videodit.eval.config import EvalConfig
-from videodit.eval.metrics import METRICS, Track, VideoResult
+from videodit.eval.metrics import METRICS, Track, VideoResult, full_frames
 from videodit.world.physics import G, RESTITUTION, SPEEDS
 
 SPLITS = ("in_dist", "heldout")
@@ -179,8 +179,11 @@ def _plot_base64(v: VideoResult, fps: float) -> str | None:
     for i, tr in enumerate(tracks):
         color = f"C{i}"
         ideal = ideal_path(tr, fps)
+        full = full_frames(tr)
         for ax, measured, k in ((axes[0], tr.x, 0), (axes[1], tr.y, 1)):
-            ax.plot(tr.t, measured, "o", ms=3, color=color, label=f"{tr.label} measured")
+            ax.plot(tr.t[full], measured[full], "o", ms=3, color=color, label=f"{tr.label} measured")
+            # Partly hidden or cut frames: their centroid is biased towards the visible part.
+            ax.plot(tr.t[~full], measured[~full], "o", ms=3, mfc="none", color=color)
             if ideal is not None:
                 ax.plot(tr.t, ideal[k], "-", lw=1, color=color, alpha=0.7, label=f"{tr.label} ideal")
     axes[0].set_ylabel("x (H)")
