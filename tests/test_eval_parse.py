@@ -72,6 +72,11 @@ def test_canonical_forms(text, family, background, objects, relation):
      lambda p: _obj(p).color == "red" and _obj(p).motion == "right" and p.relation is None),
     ("Here is a green triangle moving to the left at high speed on a black canvas",
      lambda p: _obj(p).speed == "quickly" and p.background == "black" and not p.unparsed),
+    ("the red ball is on the left and the blue square is on the right",
+     lambda p: p.relation.relation == "left_of" and [o.motion for o in p.objects] == ["still", "still"]),
+    ("a red ball at the top and a green box at the bottom, on white",
+     lambda p: p.relation.relation == "above" and p.background == "white"),
+    ("a pink disk hits a purple dot head-on", lambda p: p.family == "collision"),
     ("a tiny cyan triangle is thrown rightward", lambda p: _obj(p).motion == "thrown_right" and _obj(p).size == "small"),
 ])
 def test_human_phrasings(text, check):

@@ -92,9 +92,11 @@ _DIRECTIONS = {
               "toward the right", "eastward", "eastwards", "from left to right", "left to right",
               "the right"),
     "up": ("up", "upward", "upwards", "skyward", "skywards", "from bottom to top", "bottom to top",
-           "toward the top", "towards the top", "to the top", "higher", "north", "northward"),
+           "toward the top", "towards the top", "to the top", "higher", "north", "northward",
+           "at the top", "on the top"),
     "down": ("down", "downward", "downwards", "from top to bottom", "top to bottom",
              "toward the bottom", "towards the bottom", "to the bottom", "lower", "south",
+             "at the bottom", "on the bottom",
              "southward"),
 }
 # Verbs that imply a direction on their own ("rises"); an explicit direction word wins.
@@ -115,7 +117,7 @@ _GRAVITY = {
               "is released", "released"),
     "bounces": ("bounces", "bounce", "bouncing", "bounced", "bouncy", "rebounds", "rebounding",
                 "hops", "hopping", "bounces on the floor", "bounces on the ground",
-                "bounce on the floor", "bouncing on the floor", "bouncing on the ground",
+                "bounce on the floor", "bouncing on the floor", "bouncing on the ground", "rebound",
                 "bounces off the floor", "bounces off the ground", "bounces up and down",
                 "bouncing up and down", "bounces along the floor"),
     "thrown": ("thrown", "throw", "throws", "throwing", "tossed", "toss", "tosses", "tossing",
@@ -125,7 +127,7 @@ _GRAVITY = {
                "catapulted", "pitched", "thrown upward", "tossed upward",
                "thrown up", "tossed up", "is launched", "gets thrown", "gets tossed"),
 }
-_STILL = ("still", "stays still", "stay still", "staying still", "rests", "rest", "resting",
+_STILL = ("still", "stays still", "staying put", "stayed put", "stay still", "staying still", "rests", "rest", "resting",
           "at rest", "does not move", "do not move", "doesn't move", "don't move", "not moving",
           "is not moving", "are not moving", "never moves", "motionless", "stationary", "static",
           "sitting still", "sits still", "sits", "sit", "sitting", "stays put", "stay put",
@@ -166,7 +168,9 @@ _COLLISION = ("toward each other", "towards each other", "toward one another",
               "approach each other", "approach", "approaching", "meet", "meeting", "meets",
               "head on", "head-on", "apart", "ricochet", "ricochets", "exchange", "swap",
               "and bounce apart", "bounce away", "knock", "knocks", "strike", "strikes",
-              "then separate", "separate", "separating")
+              "then separate", "separate", "separating", "hit", "hits", "hitting", "smash",
+              "smashes", "smashing", "collides with", "runs into", "run into", "rolls into",
+              "roll into", "crashes into", "crash into", "bumps into", "bump into", "impact")
 _RELATIONS = {
     "left_of": ("to the left of", "left of", "on the left of", "to the left side of",
                 "on the left side of", "at the left of", "at left of", "leftward of",
@@ -208,7 +212,9 @@ themselves both either another single slightly somewhat bit little something som
 shows depicts depicting featuring features feature displayed display appears appear
 appearing seems visible can could will would should then next identical same matching
 front moment briefly short off positioned located situated
-middle center centre corner edge top bottom height high somewhere area spot position while time for behind's equal equally alike similar
+middle center centre corner edge top bottom height high somewhere area spot position
+set keeps keep kept very really quite extremely pretty rather super fairly
+show animate render generate create draw make times once twice put while time for behind's equal equally alike similar
 """.split())
 
 
@@ -528,6 +534,26 @@ def _motion_of(tokens: list[_Token], collision: bool) -> tuple[str | None, str |
     return None, speed
 
 
+_OPPOSITE = {("left", "right"): "left_of", ("right", "left"): "right_of",
+             ("up", "down"): "above", ("down", "up"): "below"}
+
+
+def _positions(mentions: list[_Mention]) -> Relation | None:
+    """"The red ball is on the left and the blue box on the right": opposite directions with no
+    verb of motion are positions, i.e. a relation."""
+    directions = []
+    for m in mentions:
+        kinds = {t.kind for t in m.after}
+        if kinds & {"move", "dirverb", "gravity", "speed"}:
+            return None
+        found = [t.value for t in m.after if t.kind == "direction"]
+        if len(found) != 1:
+            return None
+        directions.append(found[0])
+    rel = _OPPOSITE.get(tuple(directions))
+    return None if rel is None else Relation(0, rel, 1)
+
+
 def parse_prompt(text: str) -> ParsedPrompt:
     """Parse a SynthWorld prompt; see the module docstring. Never raises on odd text: the parts
     it could not understand are listed in ``unparsed``."""
@@ -591,6 +617,10 @@ def parse_prompt(text: str) -> ParsedPrompt:
         rel = next((t.value for t in lead if t.kind == "relation"), None)
         if rel is not None:
             relation = Relation(1, rel, 0)
+    positional = False
+    if relation is None and len(mentions) == 2 and not collision:
+        relation = _positions(mentions)
+        positional = relation is not None
     if relation is not None and collision:
         relation = None
 
@@ -600,6 +630,8 @@ def parse_prompt(text: str) -> ParsedPrompt:
     for i, m in enumerate(mentions):
         describing = m.after + (lead if i == 0 else [])
         motion, speed = _motion_of(describing, collision)
+        if positional:   # "on the left" said where the object is, not where it goes
+            motion = "still"
         speed = m.first("speedadj") or speed
         size = m.first("size")
         specs.append(ObjectSpec(m.color, m.shape, size, motion, speed, m.count))
