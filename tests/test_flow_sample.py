@@ -139,6 +139,10 @@ def test_generate_seeded_and_guided():
     assert torch.allclose(a, generate(model, text, mask, shape, cfg, negative=empty), atol=1e-5)
     other = embeddings(B=1, L=3, seed=9)
     assert not torch.allclose(a, generate(model, text, mask, shape, cfg, negative=other), atol=1e-3)
+    with pytest.raises(VideoditError, match="negative prompts"):
+        generate(model, text, mask, shape, cfg, negative=embeddings(B=3))
+    with pytest.raises(VideoditError, match="prompts for a batch"):
+        generate(model, text[:1], mask[:1], shape, cfg)
 
 
 def test_generate_holds_conditioning_frames():

@@ -142,10 +142,12 @@ EXPLICIT_ATTENTION_MAX_SCORES = 2**25
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
               scale: float | None = None) -> torch.Tensor:
     """softmax(scale q k^T) v; q (B, heads, N, d), k and v (B, heads, L, d), mask (B, 1, 1, L) bool
-    (True = attend), scale 1/sqrt(d) unless given. Always scaled_dot_product_attention, except when training on the CPU
-    at modest sizes: there the fused kernel's backward is ~2x slower than autograd through the
-    explicit product (bf16 on the benchmark shape: 46 ms vs 22 ms per self-attention, 27 vs 11 per
-    cross-attention), which stores the score matrix instead."""
+    (True = attend), scale 1/sqrt(d) unless given.
+
+    Always scaled_dot_product_attention, except when training on the CPU at modest sizes: there
+    the fused kernel's backward is ~2x slower than autograd through the explicit product, which
+    stores the score matrix instead (bf16, benchmark shape, one thread: 46 ms vs 22 ms forward +
+    backward per self-attention, 27 vs 11 per cross-attention)."""
     scores = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
     if not (q.device.type == "cpu" and torch.is_grad_enabled() and scores <= EXPLICIT_ATTENTION_MAX_SCORES):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)

@@ -142,6 +142,8 @@ def generate(dit, text: torch.Tensor, text_mask: torch.Tensor, shape: tuple[int,
         if negative is None:
             neg_text, neg_mask = text.new_zeros(B, 1, text.shape[2]), text_mask.new_zeros(B, 1)
         else:
+            if negative[0].shape[0] not in (1, B):
+                raise VideoditError(f"generate: {negative[0].shape[0]} negative prompts for {B} prompts; give 1 or {B}")
             neg_text, neg_mask = (n.to(device).expand(B, *n.shape[1:]) for n in negative)
         length = max(text.shape[1], neg_text.shape[1])
         text, text_mask = (torch.cat(pair) for pair in zip(pad_text(text, text_mask, length),
