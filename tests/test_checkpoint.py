@@ -129,3 +129,23 @@ def test_resume_with_other_preset_is_refused(tmp_path):
     cfg = VAETrainConfig(**{**_train_cfg(tmp_path, 2).__dict__, "preset": "s4c8"})
     with pytest.raises(VideoditError, match="model config differs"):
         train_vae(cfg, progress=False)
+
+
+def test_divergence_guard_rolls_back_and_halves_lr():
+    from videodit.train.vae import GUARD_SNAPSHOT_EVERY, DivergenceGuard
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(model.parameters())
+    modules = {"model": model, "optimizer": opt}
+    guard = DivergenceGuard(warmup_steps=10)
+    rng = np.random.default_rng(0)
+    for step in range(1, GUARD_SNAPSHOT_EVERY + 1):  # a healthy, noisy, falling loss never trips it
+        assert guard.observe(step, 1.0 / step**0.2 * rng.uniform(0.7, 1.3), modules) is None
+    good = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(5.0)  # a bad update ...
+    message = guard.observe(GUARD_SNAPSHOT_EVERY + 1, 50.0, modules)  # ... and the loss explodes
+    message = message or guard.observe(GUARD_SNAPSHOT_EVERY + 2, 50.0, modules)
+    assert message and "restored the weights of step 200" in message
+    assert torch.equal(model.weight, good) and guard.lr_scale == 0.5
+    assert DivergenceGuard(10, guard.state()).lr_scale == 0.5  # survives a checkpoint
