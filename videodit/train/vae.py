@@ -36,7 +36,7 @@ from videodit.errors import VideoditError
 # train-vae flags from VAETrainConfig) is fast; the functions below import it where they run.
 
 CHECKPOINT_KIND = "vae"
-PRESET_NAMES = ("tiny", "s4c8", "s8c16", "m4c8", "gpu")  # keys of videodit.vae.PRESETS (checked in check())
+PRESET_NAMES = ("tiny", "s4c8", "s8c16", "gpu")  # keys of videodit.vae.PRESETS (checked in check())
 
 
 @dataclass(frozen=True)
