@@ -73,6 +73,8 @@ class DiTTrainConfig:
     sample_steps: int = field(default=20, metadata={"help": "sampler steps for the periodic samples"})
     sample_guidance: float = field(default=4.0, metadata={"help": "guidance for the periodic samples and the bundle"})
     resume: bool = field(default=True, metadata={"help": "resume from OUT/checkpoint.pt when it exists"})
+    max_minutes: float = field(default=0.0, metadata={
+        "help": "stop cleanly (checkpoint + bundle) after this much wall time in this run; 0 = no limit"})
 
     def check(self) -> None:
         from videodit.dit import PRESETS
@@ -265,6 +267,7 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
     stream = _stream(cfg, step * global_batch, dist.world_size)
     bar = tqdm(total=cfg.steps, initial=step, desc="train", disable=not dist.is_main, dynamic_ncols=True)
     last_save, last_log, t_log = time.monotonic(), step, time.monotonic()
+    deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes > 0 else math.inf
     try:
         while step < cfg.steps:
             batch = next(stream)
@@ -298,7 +301,9 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
                                            "grad_norm": f"{float(grad_norm):.4f}", "it_per_s": f"{rate:.3f}",
                                            "size": "x".join(map(str, batch["video"].shape[-1:-3:-1])),
                                            "frames": batch["video"].shape[2], "time": f"{time.time():.0f}"})
-            done = step == cfg.steps
+            # Every rank stops at the same step: the main rank's clock decides.
+            out_of_time = _agree(time.monotonic() > deadline, dist.world_size, device)
+            done = step == cfg.steps or out_of_time
             if dist.is_main and (done or step % cfg.save_every == 0
                                  or time.monotonic() - last_save > 60 * cfg.save_minutes):
                 save()
@@ -308,10 +313,24 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
                                               cfg.sample_steps, cfg.sample_guidance)
                 _log_row(out / "eval.csv", {"step": step, **{k: f"{v:.4f}" for k, v in summary.items()}})
                 tqdm.write(f"step {step} eval: " + " ".join(f"{k}={v:.3f}" for k, v in summary.items()))
+            if out_of_time:
+                tqdm.write(f"stopping at step {step}: --max-minutes {cfg.max_minutes} reached")
+                break
     finally:
         bar.close()
         cleanup_distributed()
     return out / "bundle"
+
+
+def _agree(flag: bool, world_size: int, device) -> bool:
+    """Rank 0's ``flag`` on every rank."""
+    if world_size == 1:
+        return flag
+    import torch
+
+    t = torch.tensor([float(flag)], device=device)
+    torch.distributed.broadcast(t, src=0)
+    return bool(t.item())
 
 
 def _parse_size(text: str) -> tuple[int, int]:
