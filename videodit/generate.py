@@ -22,7 +22,7 @@ def parse_size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise VideoditError(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 64x64 or 80x48") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, e.g. 64x64 or 80x48") from None
     return w, h
 
 

@@ -26,8 +26,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Score videos against prompts: colour, shape, count, background, relation, "
                     "motion, speed, gravity, collision, consistency, occlusion, sharpness.",
         epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--videos", required=True, help="folder holding 00000.mp4, 00001.mp4, ...")
-    p.add_argument("--prompts", required=True, help="text file, one prompt per line, in video order")
+    p.add_argument("--videos", help="folder holding 00000.mp4, 00001.mp4, ... (with --model: where the "
+                                    "generated videos are written, default eval_videos/)")
+    p.add_argument("--prompts", help="text file, one prompt per line, in video order (with --model: "
+                                     "default the first N SynthWorld eval-split captions)")
+    gen = p.add_argument_group("generate, then score (a model bundle instead of a folder of videos)")
+    gen.add_argument("--model", help="model bundle folder, or 'bundled': generate one video per prompt first")
+    gen.add_argument("--n", type=int, default=None, help="with --model: how many SynthWorld eval prompts (default 100)")
+    gen.add_argument("--steps", type=int, default=None, help="with --model: sampler steps (default: the bundle's)")
+    gen.add_argument("--guidance", type=float, default=None, help="with --model: guidance (default: the bundle's)")
+    gen.add_argument("--seed", type=int, default=0, help="with --model: seed of video i is SEED + i (default 0)")
     p.add_argument("--json", default=None, help="write per-video results and the table here")
     p.add_argument("--html", default=None, help="write a self-contained HTML report here")
     p.add_argument("--fps", type=float, default=None,
@@ -54,6 +62,34 @@ def read_prompts(path) -> list[str]:
     if not lines:
         raise VideoditError(f"--prompts {path}: no prompts in the file")
     return [line.strip() for line in lines]
+
+
+def generate_for_eval(args: argparse.Namespace) -> None:
+    """--model: write VIDEOS/00000.mp4 ... and VIDEOS/prompts.txt, then score them as usual."""
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from videodit.errors import VideoditError
+    from videodit.pipeline import Pipeline
+    from videodit.train.dit import eval_prompts
+    from videodit.video import write_video
+
+    if args.prompts is not None and args.n is not None:
+        raise VideoditError("give --prompts FILE or --n N with --model, not both")
+    n = 100 if args.n is None else args.n
+    if n < 1:
+        raise VideoditError(f"--n {n}: need at least one prompt")
+    prompts = read_prompts(args.prompts) if args.prompts else eval_prompts(n)
+    folder = Path(args.videos or "eval_videos")
+    folder.mkdir(parents=True, exist_ok=True)
+    pipe = Pipeline.load(None if args.model == "bundled" else args.model)
+    for i, prompt in enumerate(tqdm(prompts, desc="generate", unit="video")):
+        video = pipe(prompt, steps=args.steps, guidance=args.guidance, seed=args.seed + i)
+        write_video(folder / f"{i:05d}.mp4", video, fps=pipe.config.fps)
+    (folder / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    args.videos, args.prompts = str(folder), str(folder / "prompts.txt")
+    print(f"generated {len(prompts)} videos in {folder}")
 
 
 def find_video(folder, index: int):
@@ -83,6 +119,12 @@ def _run(args: argparse.Namespace) -> int:
     from videodit.video import read_video
 
     cfg = dataclass_from_args(EvalConfig(), args)
+    if args.model:
+        generate_for_eval(args)
+    elif args.videos is None or args.prompts is None:
+        raise VideoditError("give --videos DIR --prompts FILE, or --model PATH [--n N] to generate them first")
+    elif args.n is not None:
+        raise VideoditError("--n goes with --model")
     folder = Path(args.videos)
     if not folder.is_dir():
         raise VideoditError(f"--videos {folder}: no such folder")

@@ -204,7 +204,13 @@ def sample_and_evaluate(pipe, prompts: list[str], out_dir: Path, steps: int, gui
         videos.append(frames)
     (out_dir / "prompts.txt").write_text("\n".join(prompts) + "\n")
     result = evaluate(videos, prompts, fps=pipe.config.fps, progress=False)
-    return result.summary()
+    # Accuracy of each metric over all sampled prompts (in-distribution and held-out together).
+    summary = {"score_in_dist": result.score["in_dist"], "score_heldout": result.score["heldout"]}
+    for name in result.table["in_dist"]:
+        outcomes = [v.metrics[name].passed for v in result.videos
+                    if name in v.metrics and v.metrics[name].passed is not None]
+        summary[name] = sum(outcomes) / len(outcomes) if outcomes else float("nan")
+    return summary
 
 
 def train_dit(cfg: DiTTrainConfig) -> Path:
