@@ -8,14 +8,29 @@ from pathlib import Path
 
 from videodit.errors import VideoditError
 
+DIRECTIONS = ("forward", "backward")  # videodit.prompting.DIRECTIONS, kept here so --help needs no torch
+DEFAULT_STRENGTH = 0.6
+
 _EXAMPLES = """examples:
   videodit generate "A small red circle moves to the right on a black background." -o red.mp4
   videodit generate "blue ball bouncing" -o ball.gif --seed 3 --steps 30 --guidance 5
   videodit generate "A yellow square falls on a white background." --frames 33 --size 80x48 -o wide.mp4
   videodit generate --prompts-file prompts.txt --out-dir videos/     # 00000.mp4, 00001.mp4, ... in order
 
+prompting with images and videos (docs/PROMPTING.md):
+  videodit generate "A red ball bounces." --image first.png -o anim.mp4        # the image is frame 0
+  videodit generate "A red ball bounces." --last-image end.png -o to_end.mp4   # ends on the image
+  videodit generate "A red ball bounces." --image a.png --last-image b.png -o ab.mp4
+  videodit generate "A red ball bounces." --video clip.mp4 --extend forward --extend-frames 16 -o more.mp4
+  videodit generate "A red ball bounces." --connect a.mp4 b.mp4 -o a_to_b.mp4  # A, transition, B
+  videodit generate "A blue square moves right." --loop -o loop.gif
+  videodit generate "A green ball bounces." --edit clip.mp4 --strength 0.6 -o green.mp4
+  videodit generate "A red ball bounces." --frames 65 -o long.mp4              # sliding windows
+  videodit generate "A red ball on a white background." --frames 1 -o still.png
+
 The output format follows the suffix of -o: .mp4 (H.264), .gif, .webp (animated), .png (one frame).
-Unset --steps / --guidance / --solver take the model bundle's defaults (see its config.json)."""
+Unset --steps / --guidance / --solver take the model bundle's defaults (see its config.json).
+Images and clips of another size are resized and centre-cropped to --size (a note says so)."""
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -45,6 +60,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model bundle folder (default: the bundled model)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
     p.add_argument("--fps", type=float, help="frame rate of the written file (default: the bundle's, 8)")
+    g = p.add_argument_group("prompting with images and videos (one PROMPT; docs/PROMPTING.md)")
+    g.add_argument("--image", metavar="IMG", help="animate an image: it becomes frame 0")
+    g.add_argument("--last-image", metavar="IMG", help="end on an image (with --image: connect two images)")
+    g.add_argument("--video", metavar="CLIP", help="a clip to extend (with --extend)")
+    g.add_argument("--extend", choices=DIRECTIONS, help="continue --video after its end (forward) or before its "
+                   "start (backward); the output is the original clip plus the new frames")
+    g.add_argument("--extend-frames", type=int, metavar="N", help="new frames for --extend (default: the window - 1)")
+    g.add_argument("--connect", nargs=2, metavar=("A", "B"), help="clip A, a generated transition from A's last "
+                   "frame into B's first, then clip B (--frames: the transition window, 4k+1 >= 9)")
+    g.add_argument("--loop", action="store_true", help="a video whose last frame leads back to its first "
+                   "(--frames >= 9; with --image, starting on the image)")
+    g.add_argument("--edit", metavar="CLIP", help="re-generate a clip under the new prompt, keeping its motion "
+                   "(SDEdit); the output has the clip's length")
+    g.add_argument("--strength", type=float, help="--edit: how much to change, 0 (keep the clip) .. 1 "
+                   f"(ignore it); default {DEFAULT_STRENGTH}")
+    g.add_argument("--window", type=int, metavar="FRAMES", help="frames sampled at once (4k+1); longer videos are "
+                   "made window by window (default: the bundle's trained length)")
+    g.add_argument("--overlap", type=int, metavar="LATENTS", help="latent frames each window is held on from the "
+                   "previous one (default: half a window)")
     p.set_defaults(func=_run)
 
 
@@ -67,14 +101,49 @@ def _prompts(args) -> list[tuple[str, Path]]:
         raise VideoditError("give a PROMPT (or --prompts-file FILE --out-dir DIR); see --help")
     if args.out_dir:
         raise VideoditError("--out-dir goes with --prompts-file; for one prompt use -o OUT")
-    return [(args.prompt, Path(args.output or "video.mp4"))]
+    # A single frame is a still image: PNG unless -o says otherwise.
+    return [(args.prompt, Path(args.output or ("image.png" if args.frames == 1 else "video.mp4")))]
+
+
+def _mode(args) -> str | None:
+    """The prompting mode the flags ask for (None: text only), after refusing contradictions."""
+    given = {flag: value for flag, value in (
+        ("--image", args.image), ("--last-image", args.last_image), ("--video", args.video),
+        ("--extend", args.extend), ("--extend-frames", args.extend_frames), ("--connect", args.connect),
+        ("--loop", args.loop or None), ("--edit", args.edit), ("--strength", args.strength)) if value is not None}
+    if given and args.prompts_file:
+        raise VideoditError(f"{', '.join(given)}: prompting with images and videos takes one PROMPT, "
+                            "not --prompts-file")
+    # Each mode: its flags, and the flags it cannot take.
+    allowed = {"edit": {"--edit", "--strength"}, "extend": {"--video", "--extend", "--extend-frames"},
+               "connect": {"--connect"}, "loop": {"--loop", "--image"}, "animate": {"--image", "--last-image"}}
+    for requires, needs in (("--extend", "--video"), ("--video", "--extend"), ("--extend-frames", "--extend"),
+                            ("--strength", "--edit")):
+        if requires in given and needs not in given:
+            raise VideoditError(f"{requires} needs {needs}")
+    for mode, lead in (("edit", "--edit"), ("extend", "--extend"), ("connect", "--connect"), ("loop", "--loop")):
+        if lead in given:
+            extra = [f for f in given if f not in allowed[mode]]
+            if extra:
+                raise VideoditError(f"{lead} cannot go with {', '.join(extra)}")
+            if mode in ("edit", "extend") and args.frames is not None:
+                raise VideoditError(f"{lead} takes no --frames: " + (
+                    "the output has the clip's length" if mode == "edit" else "--extend-frames sets the new frames"))
+            return mode
+    return "animate" if given else None
 
 
 def _run(args: argparse.Namespace) -> int:
+    mode = _mode(args)
     jobs = _prompts(args)
     for _, path in jobs:
         if path.suffix.lower() not in (".mp4", ".gif", ".webp", ".png"):
             raise VideoditError(f"{path}: unsupported output type; use .mp4, .gif, .webp or .png")
+    if mode is not None:
+        prompt, path = jobs[0]
+        if path.suffix.lower() == ".png" and not (mode == "animate" and args.frames == 1):
+            raise VideoditError(f"{path}: a .png holds one frame; this {mode} video has more, use .mp4, .gif or .webp")
+        return _run_prompting(args, mode, prompt, path)
 
     from tqdm import tqdm
 
@@ -85,6 +154,7 @@ def _run(args: argparse.Namespace) -> int:
     pipe = Pipeline.load(args.model, device=args.device)
     fps = args.fps or pipe.config.fps
     frames = args.frames or pipe.config.frames
+    window = args.window or pipe.config.frames
     for i, (prompt, path) in enumerate(jobs):
         if path.suffix.lower() == ".png" and frames != 1:
             raise VideoditError(f"{path}: a .png holds one frame; use --frames 1 or a video suffix")
@@ -95,8 +165,15 @@ def _run(args: argparse.Namespace) -> int:
             bar.total = total
             bar.update(done - bar.n)
 
-        video = pipe(prompt, frames=frames, size=args.size, steps=args.steps, guidance=args.guidance,
-                     seed=args.seed, negative=args.negative, solver=args.solver, on_step=on_step)
+        if frames > window:
+            from videodit.prompting import long_video
+
+            bar.set_description("sampling windows")
+            video = long_video(pipe, prompt, frames, window=window, overlap=args.overlap, size=args.size,
+                               sampler=_sampler(pipe, args), negative=args.negative)
+        else:
+            video = pipe(prompt, frames=frames, size=args.size, steps=args.steps, guidance=args.guidance,
+                         seed=args.seed, negative=args.negative, solver=args.solver, on_step=on_step)
         bar.close()
         path.parent.mkdir(parents=True, exist_ok=True)
         write_video(path, video, fps=fps)
@@ -105,4 +182,58 @@ def _run(args: argparse.Namespace) -> int:
                   f"{time.perf_counter() - t0:.1f} s)")
     if len(jobs) > 1:
         print(f"wrote {len(jobs)} videos to {args.out_dir} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _sampler(pipe, args):
+    return pipe.sampler(seed=args.seed, steps=args.steps, guidance=args.guidance, solver=args.solver)
+
+
+def _run_prompting(args: argparse.Namespace, mode: str, prompt: str, path: Path) -> int:
+    """One video from a PROMPT plus images / clips (videodit.prompting)."""
+    import sys
+
+    from videodit import prompting
+    from videodit.pipeline import Pipeline
+    from videodit.video import write_video
+
+    t0 = time.perf_counter()
+    pipe = Pipeline.load(args.model, device=args.device)
+    size = args.size or pipe.config.size
+    sampler = _sampler(pipe, args)
+    common = dict(size=size, sampler=sampler, negative=args.negative)
+
+    def load(kind, file):
+        data, note = (prompting.load_image if kind == "image" else prompting.load_clip)(file, size)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        return data
+
+    # Every input is read (and fails with its own message) before any sampling starts.
+    if mode == "edit":
+        video = prompting.edit(pipe, prompt, load("clip", args.edit),
+                               DEFAULT_STRENGTH if args.strength is None else args.strength, **common)
+    elif mode == "extend":
+        video = prompting.extend(pipe, prompt, load("clip", args.video), args.extend, new_frames=args.extend_frames,
+                                 window=args.window, overlap=args.overlap, **common)
+    elif mode == "connect":
+        a, b = (load("clip", f) for f in args.connect)
+        video = prompting.connect(pipe, prompt, a, b, frames=args.frames, **common)
+    elif mode == "loop":
+        image = load("image", args.image) if args.image else None
+        video = prompting.loop(pipe, prompt, frames=args.frames, image=image, window=args.window,
+                               overlap=args.overlap, **common)
+    else:
+        first = load("image", args.image) if args.image else None
+        last = load("image", args.last_image) if args.last_image else None
+        frames = args.frames or pipe.config.frames
+        if last is None and frames > (args.window or pipe.config.frames):
+            video = prompting.long_video(pipe, prompt, frames, image=first, window=args.window,
+                                         overlap=args.overlap, **common)
+        else:
+            video = prompting.animate(pipe, prompt, first, last, frames=frames, **common)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_video(path, video, fps=args.fps or pipe.config.fps)
+    print(f"wrote {path} ({video.shape[0]} frames, {video.shape[2]}x{video.shape[1]}, "
+          f"{time.perf_counter() - t0:.1f} s)")
     return 0

@@ -3,6 +3,7 @@
     pipe = Pipeline.load()                      # the bundled model, or Pipeline.load("path/to/bundle")
     frames = pipe("A red ball bounces on a black background.", frames=17, size=(64, 64), seed=0)
     # frames: (F, H, W, 3) uint8
+Image and video prompts (animate, extend, connect, loop, edit, long videos): videodit.prompting.
 
 A model bundle is a folder (DESIGN.md: config.json + safetensors, never pickle):
     config.json          {"text": TextEncoderConfig fields, "sampler": SamplerConfig defaults}
@@ -193,6 +194,12 @@ class Pipeline:
         return generate(self.dit, text, mask, (len(prompts), c, T, h, w), sampler, negative=neg, cond=cond,
                         on_step=on_step)
 
+    def sampler(self, *, seed: int = 0, steps: int | None = None, guidance: float | None = None,
+                solver: str | None = None) -> SamplerConfig:
+        """The bundle's sampler settings with the given ones replaced (None keeps the bundle's)."""
+        changes = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("solver", solver)) if v is not None}
+        return dataclasses.replace(self.config.sampler, seed=seed, **changes)
+
     def __call__(self, prompt: str | list[str], *, frames: int | None = None, size: tuple[int, int] | None = None,
                  steps: int | None = None, guidance: float | None = None, seed: int = 0, negative: str = "",
                  solver: str | None = None, cond: FrameCondition | None = None,
@@ -202,8 +209,7 @@ class Pipeline:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise VideoditError("no prompts given")
-        changes = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("solver", solver)) if v is not None}
-        sampler = dataclasses.replace(self.config.sampler, seed=seed, **changes)
+        sampler = self.sampler(seed=seed, steps=steps, guidance=guidance, solver=solver)
         latents = self.generate_latents(prompts, frames=frames or self.config.frames, size=size or self.config.size,
                                         sampler=sampler, negative=negative, cond=cond, on_step=on_step)
         out = self.decode_latents(latents)
