@@ -195,7 +195,14 @@ def _run_prompting(args: argparse.Namespace, mode: str, prompt: str, path: Path)
 
     from videodit import prompting
     from videodit.pipeline import Pipeline
-    from videodit.video import write_video
+    from videodit.video import read_image, read_video, write_video
+
+    # Every input is read (and fails with its own message) before the model loads.
+    a, b = args.connect or (None, None)
+    files = {"image": args.image, "last": args.last_image, "edit": args.edit, "video": args.video, "a": a, "b": b}
+    images = ("image", "last")
+    inputs = {key: read_image(file)[None] if key in images else read_video(file).frames
+              for key, file in files.items() if file}
 
     t0 = time.perf_counter()
     pipe = Pipeline.load(args.model, device=args.device)
@@ -203,29 +210,28 @@ def _run_prompting(args: argparse.Namespace, mode: str, prompt: str, path: Path)
     sampler = _sampler(pipe, args)
     common = dict(size=size, sampler=sampler, negative=args.negative)
 
-    def load(kind, file):
-        data, note = (prompting.load_image if kind == "image" else prompting.load_clip)(file, size)
+    def fitted(key):
+        """The input fitted to the output size: (H, W, 3) for an image, (F, H, W, 3) for a clip."""
+        if key not in inputs:
+            return None
+        frames, note = prompting.fit_frames(inputs[key], size, files[key])
         if note:
             print(f"note: {note}", file=sys.stderr)
-        return data
+        return frames[0] if key in images else frames
 
-    # Every input is read (and fails with its own message) before any sampling starts.
     if mode == "edit":
-        video = prompting.edit(pipe, prompt, load("clip", args.edit),
-                               DEFAULT_STRENGTH if args.strength is None else args.strength, **common)
+        video = prompting.edit(pipe, prompt, fitted("edit"), DEFAULT_STRENGTH if args.strength is None else args.strength,
+                               **common)
     elif mode == "extend":
-        video = prompting.extend(pipe, prompt, load("clip", args.video), args.extend, new_frames=args.extend_frames,
+        video = prompting.extend(pipe, prompt, fitted("video"), args.extend, new_frames=args.extend_frames,
                                  window=args.window, overlap=args.overlap, **common)
     elif mode == "connect":
-        a, b = (load("clip", f) for f in args.connect)
-        video = prompting.connect(pipe, prompt, a, b, frames=args.frames, **common)
+        video = prompting.connect(pipe, prompt, fitted("a"), fitted("b"), frames=args.frames, **common)
     elif mode == "loop":
-        image = load("image", args.image) if args.image else None
-        video = prompting.loop(pipe, prompt, frames=args.frames, image=image, window=args.window,
+        video = prompting.loop(pipe, prompt, frames=args.frames, image=fitted("image"), window=args.window,
                                overlap=args.overlap, **common)
     else:
-        first = load("image", args.image) if args.image else None
-        last = load("image", args.last_image) if args.last_image else None
+        first, last = fitted("image"), fitted("last")
         frames = args.frames or pipe.config.frames
         if last is None and frames > (args.window or pipe.config.frames):
             video = prompting.long_video(pipe, prompt, frames, image=first, window=args.window,

@@ -106,7 +106,8 @@ def _image(image: np.ndarray, size: tuple[int, int], name: str) -> np.ndarray:
 
 def encode_frames(pipe: Pipeline, frames: np.ndarray) -> torch.Tensor:
     """uint8 (F, H, W, 3), F = 4k + 1 -> normalised latents (1, c, k + 1, h, w)."""
-    return pipe.encode_video(frames_to_tensor(frames)[None]).float()
+    # A copy: frames read from files can be read-only arrays, which torch.from_numpy warns about.
+    return pipe.encode_video(frames_to_tensor(np.array(frames))[None]).float()
 
 
 def lead_latents(pipe: Pipeline, video: np.ndarray, latents: int) -> tuple[torch.Tensor, int]:
