@@ -111,6 +111,8 @@ def test_extensions_keep_the_clip_and_connect_keeps_both(pipe, clip):
     assert np.array_equal(fwd[:7], clip) and np.array_equal(bwd[4:], clip)
     joined = prompting.connect(pipe, PROMPT, clip, clip[::-1], frames=13, sampler=s)
     assert len(joined) == 7 + 8 + 7 and np.array_equal(joined[:7], clip) and np.array_equal(joined[-7:], clip[::-1])
+    span = prompting.bridge(pipe, PROMPT, clip, clip[::-1], frames=13, sampler=s)  # A[-1] .. B[0], as decoded
+    assert len(span) == 10 and np.array_equal(joined[7:15], span[1:-1])
 
 
 def test_long_video_is_its_first_window_then_stitched_windows(pipe):

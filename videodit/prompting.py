@@ -6,6 +6,7 @@ sampling (``videodit.sample.FrameCondition``), with a different frame mask. docs
     animate(pipe, prompt, image, last_image=img2)    # connect two images
     extend(pipe, prompt, clip, "forward")            # clip + new frames (or new frames + clip)
     connect(pipe, prompt, clip_a, clip_b)            # A + a generated transition + B
+    bridge(pipe, prompt, clip_a, clip_b)             # the transition alone, from A[-1] to B[0]
     loop(pipe, prompt)                               # the last frame leads back to the first
     edit(pipe, new_prompt, clip, strength=0.6)       # SDEdit: keep the motion, change the content
     long_video(pipe, prompt, frames=65)              # sliding windows beyond the trained length
@@ -283,25 +284,35 @@ def extend(pipe: Pipeline, prompt: str, clip: np.ndarray, direction: str = "forw
 
 def _bridge(pipe: Pipeline, prompt: str, before: np.ndarray, after: np.ndarray, window: int,
             size: tuple[int, int], sampler: SamplerConfig, negative: str) -> np.ndarray:
-    """``window`` - 5 new frames that lead from ``before``'s last frame into ``after``'s first.
-    One window: frame 0 = before[-1] (exact), the last 4 frames held on after's first 4."""
     if window < MIN_BRIDGE:
         raise VideoditError(f"window {window}: a transition needs at least {MIN_BRIDGE} frames")
     lead = encode_frames(pipe, before[-1:])
     trail = trail_latents(pipe, head_chunk(after), window)
     out = _window(pipe, prompt, window, size, sampler, negative,
                   condition(pipe.latent_shape(window, size), lead, trail))
-    return out[1 : window - TEMPORAL_STRIDE]
+    return out[: window - TEMPORAL_STRIDE + 1]
+
+
+def bridge(pipe: Pipeline, prompt: str, before: np.ndarray, after: np.ndarray, *, frames: int | None = None,
+           size: tuple[int, int] | None = None, sampler: SamplerConfig | None = None,
+           negative: str = "") -> np.ndarray:
+    """One window of ``frames`` (4k + 1 >= 9, default: the bundle's) from ``before``'s last frame
+    to ``after``'s first, both as decoded: frame 0 is held on before[-1] (exact in latent space),
+    the last 4 frames on after[:4], so after[0] is frame ``frames`` - 4, where this returns ends
+    (``frames`` - 3 frames). connect and loop keep the frames between the two ends."""
+    sampler, size, frames = _settings(pipe, sampler, size, frames)
+    before, after = _fitted(before, size, "before"), _fitted(after, size, "after")
+    return _bridge(pipe, prompt, before, after, frames, size, sampler, negative)
 
 
 def connect(pipe: Pipeline, prompt: str, a: np.ndarray, b: np.ndarray, *, frames: int | None = None,
             size: tuple[int, int] | None = None, sampler: SamplerConfig | None = None,
             negative: str = "") -> np.ndarray:
-    """Clip A, then ``frames`` - 5 generated frames leading from A's last frame into B's first,
-    then clip B. ``frames`` (4k + 1 >= 9, default: the bundle's) is the window sampled."""
+    """Clip A, then ``frames`` - 5 generated frames leading from A's last frame into B's first
+    (the inside of ``bridge``), then clip B. ``frames`` (4k + 1 >= 9, default: the bundle's)."""
     sampler, size, frames = _settings(pipe, sampler, size, frames)
     a, b = _fitted(a, size, "clip A"), _fitted(b, size, "clip B")
-    return np.concatenate([a, _bridge(pipe, prompt, a, b, frames, size, sampler, negative), b])
+    return np.concatenate([a, _bridge(pipe, prompt, a, b, frames, size, sampler, negative)[1:-1], b])
 
 
 def loop_lengths(frames: int, window: int) -> tuple[int, int]:
@@ -323,12 +334,12 @@ def loop(pipe: Pipeline, prompt: str, *, frames: int | None = None, image: np.nd
     animating ``image``), then a bridge from V's last frame into V's first 4 frames."""
     sampler, size, window = _settings(pipe, sampler, size, window)
     frames = frames or pipe.config.frames
-    first, bridge = loop_lengths(frames, window)
+    first, closing_window = loop_lengths(frames, window)
     video = long_video(pipe, prompt, first, image=image, window=window, overlap=overlap, size=size,
                        sampler=sampler, negative=negative)
     # seed + first: past every seed of the first pass (each of its windows adds at least one frame).
-    return np.concatenate([video, _bridge(pipe, prompt, video, video, bridge, size, _reseed(sampler, first),
-                                          negative)])
+    closing = _bridge(pipe, prompt, video, video, closing_window, size, _reseed(sampler, first), negative)
+    return np.concatenate([video, closing[1:-1]])
 
 
 def edit(pipe: Pipeline, prompt: str, clip: np.ndarray, strength: float = DEFAULT_STRENGTH, *,
