@@ -124,6 +124,7 @@ def test_long_video_is_its_first_window_then_stitched_windows(pipe):
     # of the same video made in more windows is the same video.
     assert np.array_equal(prompting.long_video(pipe, PROMPT, 17, sampler=s), long[:17])
     assert not np.array_equal(prompting.long_video(pipe, PROMPT, 25, overlap=2, sampler=s), long)
+    assert prompting.window_seams(25, 9) == [9, 17] and prompting.window_seams(25, 9, overlap=2) == [9, 13, 17, 21]
 
 
 def test_edit_at_strength_zero_returns_the_clip_through_the_vae(pipe, clip):

@@ -245,6 +245,13 @@ def _backward(pipe: Pipeline, prompt: str, video: np.ndarray, total: int, window
     return video[len(video) - total:]
 
 
+def window_seams(frames: int, window: int, overlap: int | None = None) -> list[int]:
+    """The first frame of every window after the first in ``long_video(frames, window, overlap)``."""
+    overlap = _overlap(window, overlap)
+    step = window - (TEMPORAL_STRIDE * (overlap - 1) + 1)  # new frames per window (lead_latents)
+    return list(range(window, frames, step))
+
+
 def long_video(pipe: Pipeline, prompt: str, frames: int, *, image: np.ndarray | None = None,
                window: int | None = None, overlap: int | None = None, size: tuple[int, int] | None = None,
                sampler: SamplerConfig | None = None, negative: str = "") -> np.ndarray:
