@@ -82,10 +82,10 @@ def test_image_is_held_exactly_in_latent_space_and_pixels(pipe, clip):
     latents = pipe.generate_latents([PROMPT], frames=9, size=(32, 32), sampler=s, cond=cond)
     assert torch.equal(latents[:, :, :1], image_latent)
     assert not torch.equal(latents[:, :, 1:2], prompting.encode_frames(pipe, clip[:5])[:, :, 1:])
-    video = prompting.animate(pipe, PROMPT, clip[0], sampler=s)
-    assert np.array_equal(video[0], clip[0])  # frame 0 is exact, so its pixels are the image's
-    # The same latents decoded, frame 0 aside: animate is this condition and nothing else.
-    assert np.array_equal(video[1:], pipe.decode_latents(latents)[0][1:])
+    # animate is this condition and nothing else; paste_image writes the image over frame 0.
+    assert np.array_equal(prompting.animate(pipe, PROMPT, clip[0], sampler=s), pipe.decode_latents(latents)[0])
+    pasted = prompting.animate(pipe, PROMPT, clip[0], sampler=s, paste_image=True)
+    assert np.array_equal(pasted[0], clip[0]) and np.array_equal(pasted[1:], pipe.decode_latents(latents)[0][1:])
 
 
 def test_leading_latents_are_exact_because_the_vae_is_causal(pipe, clip):
@@ -153,7 +153,7 @@ def test_api_resizes_with_a_warning(pipe, clip):
     (["--loop", "--frames", "17"], 17),
     (["--edit", "{clip}", "--strength", "0.4"], 7),
     (["--frames", "25"], 25),
-    (["--image", "{image}", "--frames", "17"], 17),
+    (["--image", "{image}", "--frames", "17", "--paste-image"], 17),
 ])
 def test_cli_modes(bundle, files, tmp_path, flags, frames):
     out = tmp_path / "out.mp4"
@@ -161,7 +161,7 @@ def test_cli_modes(bundle, files, tmp_path, flags, frames):
     assert main(argv + [f.format(**files) for f in flags]) == 0
     video = read_video(out)
     assert video.frames.shape == (frames, 32, 32, 3)
-    if flags[0] == "--image":
+    if "--paste-image" in flags:
         assert np.abs(video.frames[0].astype(int) - read_image(files["image"])).mean() < 3  # through H.264
 
 
@@ -182,6 +182,7 @@ def test_cli_still_image_is_a_png_and_resize_note(bundle, files, tmp_path, capsy
     (["--extend", "forward"], "--extend needs --video"),
     (["--video", "{clip}"], "--video needs --extend"),
     (["--strength", "0.5"], "--strength needs --edit"),
+    (["--paste-image"], "--paste-image needs --image"),
     (["--loop", "--last-image", "{image}"], "--loop cannot go with --last-image"),
     (["--connect", "{clip}", "{b}", "--video", "{clip}", "--extend", "forward"], "cannot go with"),
     (["--edit", "{clip}", "--strength", "1.5"], "strength 1.5: must be in [0, 1]"),

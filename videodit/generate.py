@@ -62,6 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=float, help="frame rate of the written file (default: the bundle's, 8)")
     g = p.add_argument_group("prompting with images and videos (one PROMPT; docs/PROMPTING.md)")
     g.add_argument("--image", metavar="IMG", help="animate an image: it becomes frame 0")
+    g.add_argument("--paste-image", action="store_true", help="write the --image itself as frame 0 (default: "
+                   "the model's decoding of it, which the next frames continue smoothly)")
     g.add_argument("--last-image", metavar="IMG", help="end on an image (with --image: connect two images)")
     g.add_argument("--video", metavar="CLIP", help="a clip to extend (with --extend)")
     g.add_argument("--extend", choices=DIRECTIONS, help="continue --video after its end (forward) or before its "
@@ -110,15 +112,16 @@ def _mode(args) -> str | None:
     given = {flag: value for flag, value in (
         ("--image", args.image), ("--last-image", args.last_image), ("--video", args.video),
         ("--extend", args.extend), ("--extend-frames", args.extend_frames), ("--connect", args.connect),
-        ("--loop", args.loop or None), ("--edit", args.edit), ("--strength", args.strength)) if value is not None}
+        ("--loop", args.loop or None), ("--edit", args.edit), ("--strength", args.strength),
+        ("--paste-image", args.paste_image or None)) if value is not None}
     if given and args.prompts_file:
         raise VideoditError(f"{', '.join(given)}: prompting with images and videos takes one PROMPT, "
                             "not --prompts-file")
     # Each mode: its flags, and the flags it cannot take.
     allowed = {"edit": {"--edit", "--strength"}, "extend": {"--video", "--extend", "--extend-frames"},
-               "connect": {"--connect"}, "loop": {"--loop", "--image"}, "animate": {"--image", "--last-image"}}
+               "connect": {"--connect"}, "loop": {"--loop", "--image", "--paste-image"}}
     for requires, needs in (("--extend", "--video"), ("--video", "--extend"), ("--extend-frames", "--extend"),
-                            ("--strength", "--edit")):
+                            ("--strength", "--edit"), ("--paste-image", "--image")):
         if requires in given and needs not in given:
             raise VideoditError(f"{requires} needs {needs}")
     for mode, lead in (("edit", "--edit"), ("extend", "--extend"), ("connect", "--connect"), ("loop", "--loop")):
@@ -229,15 +232,16 @@ def _run_prompting(args: argparse.Namespace, mode: str, prompt: str, path: Path)
         video = prompting.connect(pipe, prompt, fitted("a"), fitted("b"), frames=args.frames, **common)
     elif mode == "loop":
         video = prompting.loop(pipe, prompt, frames=args.frames, image=fitted("image"), window=args.window,
-                               overlap=args.overlap, **common)
+                               overlap=args.overlap, paste_image=args.paste_image, **common)
     else:
         first, last = fitted("image"), fitted("last")
         frames = args.frames or pipe.config.frames
         if last is None and frames > (args.window or pipe.config.frames):
             video = prompting.long_video(pipe, prompt, frames, image=first, window=args.window,
-                                         overlap=args.overlap, **common)
+                                         overlap=args.overlap, paste_image=args.paste_image, **common)
         else:
-            video = prompting.animate(pipe, prompt, first, last, frames=frames, **common)
+            video = prompting.animate(pipe, prompt, first, last, frames=frames, paste_image=args.paste_image,
+                                      **common)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_video(path, video, fps=args.fps or pipe.config.fps)
     print(f"wrote {path} ({video.shape[0]} frames, {video.shape[2]}x{video.shape[1]}, "

@@ -21,8 +21,11 @@ Where a condition's latents come from (the VAE is causal, vae.py):
   known yet. It is made by encoding a window-long clip whose unknown frames are copies of the
   first given frame, then keeping the trailing latents: the last image (4 frames of it), the
   head of a clip to extend backward, the start of B in connect and of the loop.
-After decoding, the given pixels replace the decoded ones only where the latents are exact: frame
-0, and the original clip of an extension (the output contains it, untouched).
+After decoding, an extension's original clip replaces its decoded frames (the output contains the
+clip untouched). The image at frame 0 is exact in latent space, but its pixels replace the decoded
+frame only with ``paste_image``: measured with a half-trained VAE (29.4 dB on frame 0), the mean
+frame difference from frame 0 to frame 1 was 0.99 in SynthWorld clips, 0.81 when decoded, and
+2.31 with the input pasted over the decoded frame 0: a visible step (docs/PROMPTING.md).
 
 Windows: the model knows clips of its trained length (the bundle's ``frames``, 17). A longer
 video is made window by window; each window is held on the last ``overlap`` latent frames of
@@ -197,9 +200,11 @@ def _overlap(window: int, overlap: int | None) -> int:
 
 def animate(pipe: Pipeline, prompt: str, image: np.ndarray | None = None, last_image: np.ndarray | None = None, *,
             frames: int | None = None, size: tuple[int, int] | None = None, sampler: SamplerConfig | None = None,
-            negative: str = "") -> np.ndarray:
-    """Start on ``image`` (exact: frame 0 is the image), end on ``last_image`` (its last 4 frames
-    are held on a still of it), or both. One window of ``frames`` (default: the bundle's)."""
+            negative: str = "", paste_image: bool = False) -> np.ndarray:
+    """Start on ``image`` (latent frame 0 is exactly the image's), end on ``last_image`` (the last 4
+    frames are held on a still of it), or both. One window of ``frames`` (default: the bundle's).
+    Frame 0 is the VAE's decoding of the image; ``paste_image`` writes the image itself there
+    (exact, but frame 1 continues from the decoding: a step as large as the VAE's error)."""
     if image is None and last_image is None:
         raise VideoditError("animate: give an image, a last image or both")
     sampler, size, frames = _settings(pipe, sampler, size, frames)
@@ -213,7 +218,7 @@ def animate(pipe: Pipeline, prompt: str, image: np.ndarray | None = None, last_i
         last = _image(last_image, size, "last image")
         trail = trail_latents(pipe, np.repeat(last[None], TEMPORAL_STRIDE, axis=0), frames)
     video = _window(pipe, prompt, frames, size, sampler, negative, condition(shape, lead, trail))
-    if first is not None:
+    if paste_image and first is not None:
         video[0] = first
     return video
 
@@ -254,10 +259,10 @@ def window_seams(frames: int, window: int, overlap: int | None = None) -> list[i
 
 def long_video(pipe: Pipeline, prompt: str, frames: int, *, image: np.ndarray | None = None,
                window: int | None = None, overlap: int | None = None, size: tuple[int, int] | None = None,
-               sampler: SamplerConfig | None = None, negative: str = "") -> np.ndarray:
+               sampler: SamplerConfig | None = None, negative: str = "", paste_image: bool = False) -> np.ndarray:
     """``frames`` (4k + 1) frames in windows of ``window`` frames (default: the bundle's trained
     length), each held on ``overlap`` latent frames of the video so far (default: half a window).
-    With ``image``, the first window animates it."""
+    With ``image``, the first window animates it (``paste_image``: see animate)."""
     sampler, size, window = _settings(pipe, sampler, size, window)
     overlap = _overlap(window, overlap)
     pipe.latent_shape(frames, size)
@@ -265,7 +270,8 @@ def long_video(pipe: Pipeline, prompt: str, frames: int, *, image: np.ndarray | 
     if image is None:
         video = _window(pipe, prompt, first, size, sampler, negative, None)
     else:
-        video = animate(pipe, prompt, image, frames=first, size=size, sampler=sampler, negative=negative)
+        video = animate(pipe, prompt, image, frames=first, size=size, sampler=sampler, negative=negative,
+                        paste_image=paste_image)
     return _forward(pipe, prompt, video, frames, window, overlap, size, sampler, negative, 1)
 
 
@@ -336,14 +342,15 @@ def loop_lengths(frames: int, window: int) -> tuple[int, int]:
 
 def loop(pipe: Pipeline, prompt: str, *, frames: int | None = None, image: np.ndarray | None = None,
          window: int | None = None, overlap: int | None = None, size: tuple[int, int] | None = None,
-         sampler: SamplerConfig | None = None, negative: str = "") -> np.ndarray:
+         sampler: SamplerConfig | None = None, negative: str = "", paste_image: bool = False) -> np.ndarray:
     """``frames`` frames whose last leads back to the first: a first pass V (from text, or
-    animating ``image``), then a bridge from V's last frame into V's first 4 frames."""
+    animating ``image``, see animate for ``paste_image``), then a bridge from V's last frame into
+    V's first 4 frames."""
     sampler, size, window = _settings(pipe, sampler, size, window)
     frames = frames or pipe.config.frames
     first, closing_window = loop_lengths(frames, window)
     video = long_video(pipe, prompt, first, image=image, window=window, overlap=overlap, size=size,
-                       sampler=sampler, negative=negative)
+                       sampler=sampler, negative=negative, paste_image=paste_image)
     # seed + first: past every seed of the first pass (each of its windows adds at least one frame).
     closing = _bridge(pipe, prompt, video, video, closing_window, size, _reseed(sampler, first), negative)
     return np.concatenate([video, closing[1:-1]])
