@@ -135,7 +135,8 @@ def rope_reference(x, pos, head_dim, theta):
 
 
 def grid_positions(T, H, W):
-    return torch.stack(torch.meshgrid(torch.arange(T), torch.arange(H), torch.arange(W), indexing="ij"), -1).reshape(-1, 3)
+    grid = torch.meshgrid(torch.arange(T), torch.arange(H), torch.arange(W), indexing="ij")
+    return torch.stack(grid, -1).reshape(-1, 3)  # (T*H*W, 3) in token order
 
 
 def test_rope_matches_reference_and_is_relative():
@@ -175,7 +176,8 @@ def test_both_attention_paths_agree(masked):
         fused = attention(q, k, v, mask)  # scaled_dot_product_attention
     explicit = attention(q, k, v, mask)  # CPU training path
     assert torch.allclose(fused, explicit, atol=1e-5)
-    assert torch.allclose(attention(q * 0.5, k, v, mask, scale=1.0), naive_attention(q * 0.5 * 8**0.5, k, v, mask), atol=1e-5)
+    unscaled = attention(q * 0.5, k, v, mask, scale=1.0)
+    assert torch.allclose(unscaled, naive_attention(q * 0.5 * 8**0.5, k, v, mask), atol=1e-5)
     assert torch.allclose(explicit, naive_attention(q, k, v, mask), atol=1e-5)
     explicit.square().sum().backward()
     grads = [t.grad.clone() for t in (q, k, v)]

@@ -241,7 +241,8 @@ class Block(nn.Module):
         self.cross_attn = CrossAttention(cfg)
         hidden = int(cfg.dim * cfg.mlp_ratio)
         # Exact (erf) GELU: the tanh approximation is ~5x slower on CPU and buys nothing here.
-        self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden, bias=False), nn.GELU(), nn.Linear(hidden, cfg.dim, bias=False))
+        self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden, bias=False), nn.GELU(),
+                                 nn.Linear(hidden, cfg.dim, bias=False))
         # Learned per-block offset added to the shared time modulation (adaLN-single, PixArt-alpha).
         self.modulation = nn.Parameter(torch.zeros(6, cfg.dim))
 

@@ -39,7 +39,8 @@ class SamplerConfig:
     shift: float | None = field(default=None, metadata={
         "help": "timestep shift s (t' = s t / (1 + (s-1) t)); unset = flow.resolution_shift of the latent size"})
     seed: int = field(default=0, metadata={"help": "noise seed"})
-    bf16: bool = field(default=True, metadata={"help": "run the DiT under bf16 autocast (CPU with AVX512-BF16/AMX, CUDA)"})
+    bf16: bool = field(default=True, metadata={
+        "help": "run the DiT under bf16 autocast (CPU with AVX512-BF16/AMX, CUDA)"})
 
 
 @dataclass(frozen=True)
