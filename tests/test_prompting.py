@@ -187,6 +187,7 @@ def test_cli_still_image_is_a_png_and_resize_note(bundle, files, tmp_path, capsy
     (["--connect", "{clip}", "{b}", "--video", "{clip}", "--extend", "forward"], "cannot go with"),
     (["--edit", "{clip}", "--strength", "1.5"], "strength 1.5: must be in [0, 1]"),
     (["--edit", "{clip}", "--frames", "9"], "--edit takes no --frames"),
+    (["--connect", "{clip}", "{b}", "--window", "9"], "--connect takes no --window"),
     (["--loop", "--frames", "5"], "loop frames=5: must be 4k+1 and at least 9"),
     (["--video", "{image}", "--extend", "backward"], "needs at least 4"),
     (["--image", "{image}", "-o", "{png}"], "a .png holds one frame"),

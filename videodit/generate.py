@@ -129,6 +129,9 @@ def _mode(args) -> str | None:
             extra = [f for f in given if f not in allowed[mode]]
             if extra:
                 raise VideoditError(f"{lead} cannot go with {', '.join(extra)}")
+            if mode in ("edit", "connect") and (args.window or args.overlap):
+                raise VideoditError(f"{lead} takes no --window / --overlap: it samples one window" +
+                                    (" of --frames" if mode == "connect" else " as long as the clip"))
             if mode in ("edit", "extend") and args.frames is not None:
                 raise VideoditError(f"{lead} takes no --frames: " + (
                     "the output has the clip's length" if mode == "edit" else "--extend-frames sets the new frames"))

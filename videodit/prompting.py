@@ -291,7 +291,7 @@ def extend(pipe: Pipeline, prompt: str, clip: np.ndarray, direction: str = "forw
     if direction == "forward":
         clip = _fitted(clip, size, "clip")
         return _forward(pipe, prompt, clip, len(clip) + new_frames, window, overlap, size, sampler, negative, 0)
-    clip = _fitted(clip, size, "clip", min_frames=TEMPORAL_STRIDE)
+    clip = _fitted(clip, size, "clip to extend backward", min_frames=TEMPORAL_STRIDE)
     return _backward(pipe, prompt, clip, len(clip) + new_frames, window, overlap, size, sampler, negative)
 
 
