@@ -138,9 +138,14 @@ def test_edit_at_strength_zero_returns_the_clip_through_the_vae(pipe, clip):
 
 
 def test_api_resizes_with_a_warning(pipe, clip):
+    wide = np.concatenate([clip[0], clip[0]], axis=1)  # 64x32
     with pytest.warns(UserWarning, match="image is 64x32; resized and centre-cropped to 32x32"):
-        video = prompting.animate(pipe, PROMPT, np.concatenate([clip[0], clip[0]], axis=1), sampler=pipe.sampler(steps=1))
+        video = prompting.animate(pipe, PROMPT, wide, sampler=pipe.sampler(steps=1))
     assert video.shape == (9, 32, 32, 3)
+    # Scale 1 covers 32x32 already: only the centre crop remains, pixel for pixel.
+    assert np.array_equal(prompting.fit_frames(wide[None], (32, 32))[0][0], wide[:, 16:48])
+    same, note = prompting.fit_frames(clip, (32, 32))
+    assert same is clip and note is None
 
 
 @pytest.mark.parametrize("flags, frames", [

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from videodit.errors import VideoditError
 
-DIRECTIONS = ("forward", "backward")  # videodit.prompting.DIRECTIONS, kept here so --help needs no torch
-DEFAULT_STRENGTH = 0.6
+# Shared with videodit.prompting; defined here so that building --help imports no torch.
+DIRECTIONS = ("forward", "backward")  # --extend
+DEFAULT_STRENGTH = 0.6  # --edit
 
 _EXAMPLES = """examples:
   videodit generate "A small red circle moves to the right on a black background." -o red.mp4
@@ -61,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
     p.add_argument("--fps", type=float, help="frame rate of the written file (default: the bundle's, 8)")
     g = p.add_argument_group("prompting with images and videos (one PROMPT; docs/PROMPTING.md)")
-    g.add_argument("--image", metavar="IMG", help="animate an image: it becomes frame 0")
+    g.add_argument("--image", metavar="IMG", help="animate an image: it becomes frame 0 (exactly, in latent space)")
     g.add_argument("--paste-image", action="store_true", help="write the --image itself as frame 0 (default: "
                    "the model's decoding of it, which the next frames continue smoothly)")
     g.add_argument("--last-image", metavar="IMG", help="end on an image (with --image: connect two images)")
@@ -226,8 +227,8 @@ def _run_prompting(args: argparse.Namespace, mode: str, prompt: str, path: Path)
         return frames[0] if key in images else frames
 
     if mode == "edit":
-        video = prompting.edit(pipe, prompt, fitted("edit"), DEFAULT_STRENGTH if args.strength is None else args.strength,
-                               **common)
+        strength = DEFAULT_STRENGTH if args.strength is None else args.strength
+        video = prompting.edit(pipe, prompt, fitted("edit"), strength, **common)
     elif mode == "extend":
         video = prompting.extend(pipe, prompt, fitted("video"), args.extend, new_frames=args.extend_frames,
                                  window=args.window, overlap=args.overlap, **common)

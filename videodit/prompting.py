@@ -44,7 +44,7 @@ import torch
 
 from videodit import flow
 from videodit.errors import VideoditError
-from videodit.generate import DEFAULT_STRENGTH, DIRECTIONS  # defined with the CLI, which must not import torch
+from videodit.generate import DEFAULT_STRENGTH, DIRECTIONS
 from videodit.pipeline import Pipeline
 from videodit.sample import FrameCondition, SamplerConfig, guided_velocity, solve
 from videodit.vae import TEMPORAL_STRIDE
