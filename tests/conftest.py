@@ -27,3 +27,14 @@ def _moving_disc(frames=17, height=64, width=64, background=(128, 128, 128), col
 def moving_disc():
     """Factory: ``moving_disc(frames=17, height=64, width=64, background=..., color=...)``."""
     return _moving_disc
+
+
+@pytest.fixture
+def one_thread():
+    # Tiny tensors: thread hand-offs cost more than they save, badly so on a shared machine.
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -157,15 +157,6 @@ def test_generate_holds_conditioning_frames():
         assert not torch.allclose(out[:, :, 1:], clean[:, :, 1:])
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny tensors: thread hand-offs cost more than they save, badly so on a shared machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_overfit_one_text_clip_pair(one_thread):
     """The core of issue 6: a tiny DiT trained with the flow loss on one (text, clip) pair
     reproduces the clip from fresh noise with an Euler sample (~0.3% relative MSE; 2 at init)."""
