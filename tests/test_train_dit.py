@@ -52,11 +52,17 @@ def test_conditioning_never_covers_every_frame():
         assert not masks.all(dim=1).any(), f"T={T}: a clip with nothing left to generate"
 
 
-def test_resume_is_exact_and_writes_a_bundle(tmp_path, tiny_vae):
-    straight = train_dit(_cfg(tmp_path / "a", tiny_vae))
-    # Stop after 2 steps, then resume to 4.
-    train_dit(_cfg(tmp_path / "b", tiny_vae, steps=2))
-    resumed = train_dit(_cfg(tmp_path / "b", tiny_vae, steps=4))
+@pytest.mark.parametrize("cache", [0, 4])
+def test_resume_is_exact_and_writes_a_bundle(tmp_path, tiny_vae, cache):
+    straight = train_dit(_cfg(tmp_path / "a", tiny_vae, latent_cache=cache))
+    # Stop after 2 steps, then resume to 4 (with a cache: 2 cached batches, so epoch 2 is replayed).
+    train_dit(_cfg(tmp_path / "b", tiny_vae, steps=2, latent_cache=cache))
+    if cache:
+        cache_file = tmp_path / "b" / "run" / "latents-rank0.pt"
+        built = cache_file.stat().st_mtime_ns
+    resumed = train_dit(_cfg(tmp_path / "b", tiny_vae, steps=4, latent_cache=cache))
+    if cache:
+        assert cache_file.stat().st_mtime_ns == built, "the cache was rebuilt instead of reused"
     from safetensors.torch import load_file
 
     a = load_file(straight / "dit" / "model.safetensors")
@@ -72,6 +78,8 @@ def test_resume_is_exact_and_writes_a_bundle(tmp_path, tiny_vae):
 def test_bad_config_is_a_clear_error(tmp_path, tiny_vae):
     with pytest.raises(VideoditError, match="cond-mix"):
         train_dit(_cfg(tmp_path, tiny_vae, cond_mix=(1.0, 0.0)))
+    with pytest.raises(VideoditError, match="latent-cache"):
+        train_dit(_cfg(tmp_path, tiny_vae, latent_cache=1))
     with pytest.raises(VideoditError, match="preset"):
         train_dit(_cfg(tmp_path, tiny_vae, preset="huge"))
     with pytest.raises(VideoditError, match="VAE bundle|not found|config.json"):

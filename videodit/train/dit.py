@@ -14,6 +14,11 @@ from a generator seeded by (seed, s, rank), and the data stream restarts at
 steps" give the same weights. Data-parallel: the same program under torchrun (DDP; gloo on CPU,
 NCCL on CUDA), each rank reading its own shard of the stream.
 
+Latent cache (``--latent-cache N``): N training clips are rendered and encoded once, kept in
+OUT/latents-rankR.pt (bf16, rebuilt when the VAE or the data settings change), and visited in
+shuffled epochs; text embeddings are cached by the text encoder's LRU cache either way. On a CPU
+this saves the VAE encode of every step; on a GPU it removes the SynthWorld rendering bottleneck.
+
 Outputs under ``out``: checkpoint.pt (full state, atomic), log.csv (loss, lr, grad norm, it/s),
 eval.csv (evaluator metrics on sample videos), samples/step_NNNNNN/*.mp4, and bundle/ (the EMA
 model as a complete model bundle: config.json, vae/, dit/) written with every checkpoint.
@@ -73,6 +78,9 @@ class DiTTrainConfig:
     sample_steps: int = field(default=20, metadata={"help": "sampler steps for the periodic samples"})
     sample_guidance: float = field(default=4.0, metadata={"help": "guidance for the periodic samples and the bundle"})
     resume: bool = field(default=True, metadata={"help": "resume from OUT/checkpoint.pt when it exists"})
+    latent_cache: int = field(default=0, metadata={
+        "help": "encode this many training clips once (per process; VAE latents + captions, kept in "
+                "OUT/latents-rankR.pt) and train on them in shuffled epochs; 0 = render and encode every batch"})
     max_minutes: float = field(default=0.0, metadata={
         "help": "stop cleanly (checkpoint + bundle) after this much wall time in this run; 0 = no limit"})
 
@@ -158,7 +166,9 @@ def training_inputs(latents: torch.Tensor, captions: list[str], cfg: DiTTrainCon
 # The loop
 # ---------------------------------------------------------------------------------------------
 
-def _stream(cfg: DiTTrainConfig, start: int, world: int):
+def _stream(cfg: DiTTrainConfig, start: int):
+    """SynthWorld batches of one (size, frames) each, from global sample ``start`` on, this rank's
+    shard (the stream shards by rank and worker)."""
     from torch.utils.data import DataLoader
 
     from videodit.data.synthworld import SynthWorldConfig, SynthWorldStream
@@ -168,6 +178,54 @@ def _stream(cfg: DiTTrainConfig, start: int, world: int):
     loader = DataLoader(SynthWorldStream(data), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                         drop_last=True, persistent_workers=cfg.num_workers > 0)
     yield from loader
+
+
+def _encode(vae, video: torch.Tensor, autocast) -> torch.Tensor:
+    """Pixels (B, 3, F, H, W) -> normalised fp32 latents (B, c, T, h, w), as the DiT sees them."""
+    import torch
+
+    with torch.no_grad(), autocast:
+        return vae.normalize(vae.encode(video)).float()
+
+
+def streamed_batches(cfg: DiTTrainConfig, vae, device, autocast, step: int, world: int):
+    """(latents, captions) for every step from ``step`` on: render and encode each batch."""
+    for batch in _stream(cfg, step * cfg.batch_size * world):
+        yield _encode(vae, batch["video"].to(device), autocast), list(batch["caption"])
+
+
+def cached_batches(cfg: DiTTrainConfig, vae, device, autocast, step: int, rank: int, out: Path):
+    """(latents, captions) for every step from ``step`` on, drawn from ``cfg.latent_cache`` clips
+    encoded once: epoch e visits the cached batches in a permutation seeded by (seed, e, rank), so
+    the batch of a step does not depend on where a run was resumed."""
+    import torch
+    from tqdm import tqdm
+
+    n_batches = cfg.latent_cache // cfg.batch_size
+    if n_batches < 1:
+        raise VideoditError(f"--latent-cache {cfg.latent_cache}: must hold at least one batch "
+                            f"(--batch-size {cfg.batch_size})")
+    path = out / f"latents-rank{rank}.pt"
+    key = {"vae": to_dict(vae.cfg), "vae_sum": float(sum(p.double().sum() for p in vae.parameters())),
+           "data": [cfg.seed, list(cfg.sizes), list(cfg.frames), cfg.batch_size, n_batches]}
+    cache = torch.load(path, weights_only=True) if path.exists() else None
+    if cache is None or cache["key"] != key:
+        latents, captions = [], []
+        stream = _stream(cfg, 0)
+        for _ in tqdm(range(n_batches), desc="encoding latent cache", disable=rank != 0, dynamic_ncols=True):
+            batch = next(stream)
+            latents.append(_encode(vae, batch["video"].to(device), autocast).to("cpu", torch.bfloat16))
+            captions.append(list(batch["caption"]))
+        cache = {"key": key, "latents": latents, "captions": captions}
+        tmp = path.with_suffix(".tmp")
+        torch.save(cache, tmp)
+        tmp.replace(path)
+    while True:
+        epoch, i = divmod(step, n_batches)
+        order = torch.randperm(n_batches, generator=torch.Generator().manual_seed((cfg.seed * 7919 + epoch) * 4096 + rank))
+        b = int(order[i])
+        yield cache["latents"][b].to(device).float(), cache["captions"][b]
+        step += 1
 
 
 def _log_row(path: Path, row: dict) -> None:
@@ -270,18 +328,18 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
         pipe.save(out / "bundle")
 
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16)
-    stream = _stream(cfg, step * global_batch, dist.world_size)
+    if cfg.latent_cache:
+        batches = cached_batches(cfg, vae, device, autocast, step, dist.rank, out)
+    else:
+        batches = streamed_batches(cfg, vae, device, autocast, step, dist.world_size)
     bar = tqdm(total=cfg.steps, initial=step, desc="train", disable=not dist.is_main, dynamic_ncols=True)
     last_save, last_log, t_log = time.monotonic(), step, time.monotonic()
     deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes > 0 else math.inf
     try:
         while step < cfg.steps:
-            batch = next(stream)
+            latents, captions = next(batches)
             gen = step_generator(cfg, step, dist.rank)
-            with torch.no_grad(), autocast:
-                latents = vae.normalize(vae.encode(batch["video"].to(device))).float()
-            x_t, t, v_target, loss_mask, captions = training_inputs(latents, list(batch["caption"]), cfg, gen,
-                                                                   model_cfg.patch)
+            x_t, t, v_target, loss_mask, captions = training_inputs(latents, captions, cfg, gen, model_cfg.patch)
             tokens, mask = text.encode(captions)
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
@@ -305,8 +363,8 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
                 _log_row(out / "log.csv", {"step": step, "loss": f"{loss.item():.5f}", "lr": f"{lr:.3e}",
                                            "grad_norm": f"{float(grad_norm):.4f}", "it_per_s": f"{rate:.3f}",
-                                           "size": "x".join(map(str, batch["video"].shape[-1:-3:-1])),
-                                           "frames": batch["video"].shape[2], "time": f"{time.time():.0f}"})
+                                           "latent": "x".join(map(str, latents.shape[2:])),
+                                           "time": f"{time.time():.0f}"})
             # Every rank stops at the same step: the main rank's clock decides.
             out_of_time = _agree(time.monotonic() > deadline, dist.world_size, device)
             done = step == cfg.steps or out_of_time
