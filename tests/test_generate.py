@@ -90,3 +90,12 @@ def test_eval_model_generates_then_scores(bundle, tmp_path, capsys):
     assert out[-1].startswith("SCORE in_dist=")
     assert (tmp_path / "ev" / "00001.mp4").is_file()
     assert len((tmp_path / "ev" / "prompts.txt").read_text().splitlines()) == 2
+
+
+def test_request_beyond_free_memory_is_refused_with_the_estimate(bundle, monkeypatch, tmp_path, capsys):
+    import videodit.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "available_memory", lambda: 1 << 20)  # 1 MiB free
+    assert main(["generate", "a red ball", "--model", str(bundle), "--steps", "1", "-o", str(tmp_path / "v.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "needs about" in err and "GiB" in err and "is free" in err

@@ -123,3 +123,21 @@ def test_tiny_model_overfits_one_caption_clip_pair_in_pixels(tiny_vae, one_threa
     with torch.no_grad():
         frames = tensor_to_frames(vae.decode(out * scale).clamp(-1, 1))[0]
     assert psnr(frames, target) > 25
+
+
+def test_torchrun_two_cpu_processes_train_data_parallel(tmp_path, tiny_vae):
+    """The same program under torchrun (gloo): both ranks step together and rank 0 writes."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+           "-m", "videodit.cli", "train", "--device", "cpu", "--preset", "tiny", "--vae", str(tiny_vae),
+           "--out", str(out), "--steps", "3", "--batch-size", "2", "--sizes", "32x32", "--frames", "5",
+           "--sample-every", "0", "--log-every", "1", "--warmup-steps", "1"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "bundle" / "dit" / "model.safetensors").is_file()
+    assert len((out / "log.csv").read_text().splitlines()) == 4  # header + 3 steps, rank 0 only
