@@ -103,3 +103,21 @@ def test_config_builds_from_cli_flags():
     config = dataclass_from_args(SynthWorldConfig(), args)
     assert config.shapes == [(64, 64), (96, 64)] and config.frames == (9, 17)
     assert config.split == "eval" and config.start == 40
+
+
+def test_bucket_batches_have_one_shape_and_their_own_size():
+    from videodit.data.synthworld import SynthWorldBatches, SynthWorldConfig, synthworld_item
+
+    cfg = SynthWorldConfig(sizes=("32x32", "48x32"), frames=(5, 1), block=4)
+    sizes = {(32, 32, 5): 2, (32, 32, 1): 4, (48, 32, 5): 1, (48, 32, 1): 3}
+    it = iter(SynthWorldBatches(cfg, sizes, start_batch=3))
+    seen = set()
+    for b in range(3, 15):
+        batch = next(it)
+        B, _, F, H, W = batch["video"].shape
+        assert batch["bucket"] == f"{W}x{H}x{F}" and B == sizes[(W, H, F)] == len(batch["caption"])
+        assert torch.equal(batch["video"][0], synthworld_item(cfg, b * 4)["video"])
+        seen.add(batch["bucket"])
+    assert len(seen) >= 3
+    with pytest.raises(VideoditError, match="no batch size"):
+        SynthWorldBatches(cfg, {(32, 32, 5): 2})

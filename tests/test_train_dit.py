@@ -141,3 +141,31 @@ def test_torchrun_two_cpu_processes_train_data_parallel(tmp_path, tiny_vae):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "bundle" / "dit" / "model.safetensors").is_file()
     assert len((out / "log.csv").read_text().splitlines()) == 4  # header + 3 steps, rank 0 only
+
+
+def test_bucket_plan_balances_tokens_and_reports_empty_buckets(tmp_path, tiny_vae, capsys):
+    from videodit.train.dit import bucket_plan
+
+    cfg = _cfg(tmp_path, tiny_vae, sizes=("32x32", "64x32"), frames=(5, 1), tokens_per_batch=64)
+    plan = bucket_plan(cfg, vae_stride=4, patch=(1, 2, 2))
+    # tiny VAE stride 4, patch 2x2: 32x32x5 -> 2 x 4 x 4 = 32 tokens; 64x32x1 -> 1 x 4 x 8 = 32; 32x32x1 -> 16
+    assert {k: (e["tokens"], e["batch"]) for k, e in plan.items()} == {
+        (32, 32, 5): (32, 2), (32, 32, 1): (16, 4), (64, 32, 5): (64, 1), (64, 32, 1): (32, 2)}
+    assert sum(e["odds"] for e in plan.values()) == pytest.approx(1.0)
+    with pytest.warns(UserWarning, match="got no training clip"):
+        train_dit(dataclasses.replace(cfg, steps=1))
+    out = capsys.readouterr().out
+    assert "32x32x1: 16 tokens, batch 4" in out and "clips per size bucket in this run" in out
+
+
+def test_bucketed_training_resumes_exactly(tmp_path, tiny_vae):
+    kw = dict(sizes=("32x32", "64x32"), frames=(5, 1), tokens_per_batch=64)
+    straight = train_dit(_cfg(tmp_path / "a", tiny_vae, **kw))
+    train_dit(_cfg(tmp_path / "b", tiny_vae, steps=2, **kw))
+    resumed = train_dit(_cfg(tmp_path / "b", tiny_vae, **kw))
+    from safetensors.torch import load_file
+
+    a, b = load_file(straight / "dit" / "model.safetensors"), load_file(resumed / "dit" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = (tmp_path / "a" / "run" / "log.csv").read_text().splitlines()[1:]
+    assert len({r.split(",")[5] for r in rows}) >= 2, "every batch came from one bucket"

@@ -121,6 +121,42 @@ class SynthWorldStream(torch.utils.data.IterableDataset):
             b += shards
 
 
+class SynthWorldBatches(torch.utils.data.IterableDataset):
+    """Endless whole batches for size buckets (use with ``DataLoader(batch_size=None)``).
+
+    Batch b takes the clip shape drawn for block b (``config.block`` is the index stride, at least
+    the largest batch) and holds ``batch_sizes[(width, height, frames)]`` clips: samples
+    b * block, b * block + 1, ... So every (size, frames) bucket has its own batch size, and a
+    trainer resumes by passing ``start_batch`` = batches consumed across all ranks. Batches are
+    dealt round-robin to (rank, worker) shards.
+    Yields {"video": (B, 3, F, H, W), "caption": list of B str, "bucket": "WxHxF"}.
+    """
+
+    def __init__(self, config: SynthWorldConfig, batch_sizes: dict[tuple[int, int, int], int], start_batch: int = 0):
+        super().__init__()
+        buckets = {(w, h, f) for (w, h) in config.shapes for f in config.frames}
+        missing = sorted(buckets - {k for k, n in batch_sizes.items() if n >= 1})
+        if missing:
+            raise VideoditError("no batch size (>= 1) for the size bucket(s) "
+                                + ", ".join("{}x{}x{}".format(*m) for m in missing))
+        if max(batch_sizes[k] for k in buckets) > config.block:
+            raise VideoditError(f"block {config.block}: must be at least the largest batch size "
+                                f"{max(batch_sizes[k] for k in buckets)}")
+        self.config, self.batch_sizes, self.start_batch = config, dict(batch_sizes), start_batch
+
+    def __iter__(self):
+        shard, shards = _shard()
+        b = self.start_batch + shard
+        while True:
+            draw = RandomDraw(seed_entropy(self.config.split, b, self.config.seed, None, _SHAPE_DRAW))
+            width, height = draw.pick(self.config.shapes)  # the draw synthworld_item makes for block b
+            shape = (width, height, draw.pick(self.config.frames))
+            items = [synthworld_item(self.config, b * self.config.block + i) for i in range(self.batch_sizes[shape])]
+            yield {"video": torch.stack([it["video"] for it in items]),  # (B, 3, F, H, W)
+                   "caption": [it["caption"] for it in items], "bucket": "{}x{}x{}".format(*shape)}
+            b += shards
+
+
 class SynthWorldDataset(torch.utils.data.Dataset):
     """Map-style view of the same samples: item i is stream index ``config.start + i`` (fixed
     evaluation sets, random access)."""

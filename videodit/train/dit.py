@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -78,6 +79,9 @@ class DiTTrainConfig:
     sample_steps: int = field(default=20, metadata={"help": "sampler steps for the periodic samples"})
     sample_guidance: float = field(default=4.0, metadata={"help": "guidance for the periodic samples and the bundle"})
     resume: bool = field(default=True, metadata={"help": "resume from OUT/checkpoint.pt when it exists"})
+    tokens_per_batch: int = field(default=0, metadata={
+        "help": "size buckets: give each (size, frames) bucket the batch size that holds about this many "
+                "DiT tokens, so images and small clips batch more clips (0 = --batch-size for every bucket)"})
     latent_cache: int = field(default=0, metadata={
         "help": "encode this many training clips once (per process; VAE latents + captions, kept in "
                 "OUT/latents-rankR.pt) and train on them in shuffled epochs; 0 = render and encode every batch"})
@@ -166,17 +170,48 @@ def training_inputs(latents: torch.Tensor, captions: list[str], cfg: DiTTrainCon
 # The loop
 # ---------------------------------------------------------------------------------------------
 
-def _stream(cfg: DiTTrainConfig, start: int):
-    """SynthWorld batches of one (size, frames) each, from global sample ``start`` on, this rank's
-    shard (the stream shards by rank and worker)."""
+def bucket_plan(cfg: DiTTrainConfig, vae_stride: int, patch: tuple[int, int, int]) -> dict[tuple[int, int, int], dict]:
+    """(width, height, frames) -> {"tokens": DiT tokens per clip, "batch": clips per batch, "odds"}.
+    Buckets are every (size, frames) pair of --sizes x --frames; a value listed twice is drawn
+    twice as often."""
+    from videodit.world.scene import parse_size
+
+    pt, ph, pw = patch
+    plan = {}
+    for size in cfg.sizes:
+        w, h = parse_size(size, name="sizes")
+        for f in cfg.frames:
+            T = (f - 1) // 4 + 1
+            if w % (vae_stride * pw) or h % (vae_stride * ph) or T % pt:
+                raise VideoditError(f"bucket {w}x{h}x{f}: sizes must be multiples of {vae_stride * pw} "
+                                    f"(VAE stride x patch) and latent frames of {pt}")
+            tokens = (T // pt) * (h // vae_stride // ph) * (w // vae_stride // pw)
+            batch = max(1, cfg.tokens_per_batch // tokens) if cfg.tokens_per_batch else cfg.batch_size
+            entry = plan.setdefault((w, h, f), {"tokens": tokens, "batch": batch, "odds": 0.0})
+            entry["odds"] += 1.0 / (len(cfg.sizes) * len(cfg.frames))
+    return plan
+
+
+def describe_plan(plan: dict, budget: int) -> str:
+    lines = ["size buckets (width x height x frames: tokens per clip, clips per batch, share of batches):"]
+    for (w, h, f), e in sorted(plan.items()):
+        over = f"  (one clip exceeds --tokens-per-batch {budget})" if budget and e["tokens"] > budget else ""
+        lines.append(f"  {w}x{h}x{f}: {e['tokens']} tokens, batch {e['batch']}, {e['odds']:.0%}{over}")
+    return "\n".join(lines)
+
+
+def _stream(cfg: DiTTrainConfig, plan: dict, start_batch: int):
+    """Whole SynthWorld batches, one bucket each, from global batch ``start_batch`` on, this
+    rank's shard (videodit.data.synthworld.SynthWorldBatches)."""
     from torch.utils.data import DataLoader
 
-    from videodit.data.synthworld import SynthWorldConfig, SynthWorldStream
+    from videodit.data.synthworld import SynthWorldBatches, SynthWorldConfig
 
+    sizes = {k: e["batch"] for k, e in plan.items()}
     data = SynthWorldConfig(split="train", seed=cfg.seed, sizes=cfg.sizes, frames=cfg.frames,
-                            start=start, block=cfg.batch_size)
-    loader = DataLoader(SynthWorldStream(data), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                        drop_last=True, persistent_workers=cfg.num_workers > 0)
+                            block=max(sizes.values()))
+    loader = DataLoader(SynthWorldBatches(data, sizes, start_batch), batch_size=None,
+                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
     yield from loader
 
 
@@ -188,43 +223,47 @@ def _encode(vae, video: torch.Tensor, autocast) -> torch.Tensor:
         return vae.normalize(vae.encode(video)).float()
 
 
-def streamed_batches(cfg: DiTTrainConfig, vae, device, autocast, step: int, world: int):
-    """(latents, captions) for every step from ``step`` on: render and encode each batch."""
-    for batch in _stream(cfg, step * cfg.batch_size * world):
-        yield _encode(vae, batch["video"].to(device), autocast), list(batch["caption"])
+def streamed_batches(cfg: DiTTrainConfig, plan: dict, vae, device, autocast, step: int, world: int):
+    """(latents, captions, bucket) for every step from ``step`` on: render and encode each batch."""
+    for batch in _stream(cfg, plan, step * world):
+        yield _encode(vae, batch["video"].to(device), autocast), batch["caption"], batch["bucket"]
 
 
-def cached_batches(cfg: DiTTrainConfig, vae, device, autocast, step: int, rank: int, out: Path):
-    """(latents, captions) for every step from ``step`` on, drawn from ``cfg.latent_cache`` clips
-    encoded once: epoch e visits the cached batches in a permutation seeded by (seed, e, rank), so
-    the batch of a step does not depend on where a run was resumed."""
+def cached_batches(cfg: DiTTrainConfig, plan: dict, vae, device, autocast, step: int, rank: int, out: Path):
+    """(latents, captions, bucket) for every step from ``step`` on, drawn from about
+    ``cfg.latent_cache`` clips encoded once: epoch e visits the cached batches in a permutation
+    seeded by (seed, e, rank), so the batch of a step does not depend on where a run resumed."""
     import torch
     from tqdm import tqdm
 
-    n_batches = cfg.latent_cache // cfg.batch_size
-    if n_batches < 1:
+    if cfg.latent_cache < max(e["batch"] for e in plan.values()):
         raise VideoditError(f"--latent-cache {cfg.latent_cache}: must hold at least one batch "
-                            f"(--batch-size {cfg.batch_size})")
+                            f"({max(e['batch'] for e in plan.values())} clips)")
     path = out / f"latents-rank{rank}.pt"
     key = {"vae": to_dict(vae.cfg), "vae_sum": float(sum(p.double().sum() for p in vae.parameters())),
-           "data": [cfg.seed, list(cfg.sizes), list(cfg.frames), cfg.batch_size, n_batches]}
+           "data": [cfg.seed, list(cfg.sizes), list(cfg.frames), cfg.batch_size, cfg.tokens_per_batch,
+                    cfg.latent_cache]}
     cache = torch.load(path, weights_only=True) if path.exists() else None
     if cache is None or cache["key"] != key:
-        latents, captions = [], []
-        stream = _stream(cfg, 0)
-        for _ in tqdm(range(n_batches), desc="encoding latent cache", disable=rank != 0, dynamic_ncols=True):
-            batch = next(stream)
-            latents.append(_encode(vae, batch["video"].to(device), autocast).to("cpu", torch.bfloat16))
-            captions.append(list(batch["caption"]))
-        cache = {"key": key, "latents": latents, "captions": captions}
+        latents, captions, buckets = [], [], []
+        stream = _stream(cfg, plan, 0)
+        with tqdm(total=cfg.latent_cache, desc="encoding latent cache", disable=rank != 0, dynamic_ncols=True) as bar:
+            while bar.n < cfg.latent_cache:
+                batch = next(stream)
+                latents.append(_encode(vae, batch["video"].to(device), autocast).to("cpu", torch.bfloat16))
+                captions.append(batch["caption"])
+                buckets.append(batch["bucket"])
+                bar.update(len(batch["caption"]))
+        cache = {"key": key, "latents": latents, "captions": captions, "buckets": buckets}
         tmp = path.with_suffix(".tmp")
         torch.save(cache, tmp)
         tmp.replace(path)
+    n_batches = len(cache["latents"])
     while True:
         epoch, i = divmod(step, n_batches)
         order = torch.randperm(n_batches, generator=torch.Generator().manual_seed((cfg.seed * 7919 + epoch) * 4096 + rank))
         b = int(order[i])
-        yield cache["latents"][b].to(device).float(), cache["captions"][b]
+        yield cache["latents"][b].to(device).float(), cache["captions"][b], cache["buckets"][b]
         step += 1
 
 
@@ -328,16 +367,21 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
         pipe.save(out / "bundle")
 
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16)
+    plan = bucket_plan(cfg, vae.cfg.spatial_stride, model_cfg.patch)
+    if dist.is_main:
+        print(describe_plan(plan, cfg.tokens_per_batch))
     if cfg.latent_cache:
-        batches = cached_batches(cfg, vae, device, autocast, step, dist.rank, out)
+        batches = cached_batches(cfg, plan, vae, device, autocast, step, dist.rank, out)
     else:
-        batches = streamed_batches(cfg, vae, device, autocast, step, dist.world_size)
+        batches = streamed_batches(cfg, plan, vae, device, autocast, step, dist.world_size)
+    seen = dict.fromkeys(("{}x{}x{}".format(*k) for k in sorted(plan)), 0)  # clips per bucket, this run, rank 0
     bar = tqdm(total=cfg.steps, initial=step, desc="train", disable=not dist.is_main, dynamic_ncols=True)
     last_save, last_log, t_log = time.monotonic(), step, time.monotonic()
     deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes > 0 else math.inf
     try:
         while step < cfg.steps:
-            latents, captions = next(batches)
+            latents, captions, bucket = next(batches)
+            seen[bucket] += len(captions)
             gen = step_generator(cfg, step, dist.rank)
             x_t, t, v_target, loss_mask, captions = training_inputs(latents, captions, cfg, gen, model_cfg.patch)
             tokens, mask = text.encode(captions)
@@ -363,7 +407,7 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
                 _log_row(out / "log.csv", {"step": step, "loss": f"{loss.item():.5f}", "lr": f"{lr:.3e}",
                                            "grad_norm": f"{float(grad_norm):.4f}", "it_per_s": f"{rate:.3f}",
-                                           "latent": "x".join(map(str, latents.shape[2:])),
+                                           "bucket": bucket, "batch": len(captions),
                                            "time": f"{time.time():.0f}"})
             # Every rank stops at the same step: the main rank's clock decides.
             out_of_time = _agree(time.monotonic() > deadline, dist.world_size, device)
@@ -383,6 +427,12 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
     finally:
         bar.close()
         cleanup_distributed()
+    if dist.is_main:
+        print("clips per size bucket in this run: " + ", ".join(f"{k} {n}" for k, n in seen.items()))
+        empty = [k for k, n in seen.items() if n == 0]
+        if empty:
+            warnings.warn(f"size bucket(s) {', '.join(empty)} got no training clip in this run "
+                          f"(too few steps for their share, or a --latent-cache too small to reach them)")
     return out / "bundle"
 
 
