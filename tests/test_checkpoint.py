@@ -149,3 +149,15 @@ def test_divergence_guard_rolls_back_and_halves_lr():
     assert message and "restored the weights of step 200" in message
     assert torch.equal(model.weight, good) and guard.lr_scale == 0.5
     assert DivergenceGuard(10, guard.state()).lr_scale == 0.5  # survives a checkpoint
+
+
+def test_init_from_a_bundle_starts_from_its_weights(tmp_path):
+    import dataclasses
+
+    first = train_vae(_train_cfg(tmp_path / "a", 2), progress=False)
+    cfg = dataclasses.replace(_train_cfg(tmp_path / "b", 1), init=str(first), lr=0.0, ema_decay=1.0)
+    second = train_vae(cfg, progress=False)  # one step at lr 0: the weights stay the bundle's
+    a, b = VideoVAE.from_pretrained(first).state_dict(), VideoVAE.from_pretrained(second).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(VideoditError, match="model.safetensors"):
+        train_vae(dataclasses.replace(_train_cfg(tmp_path / "c", 1), init=str(tmp_path / "none")), progress=False)

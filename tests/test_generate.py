@@ -99,3 +99,11 @@ def test_request_beyond_free_memory_is_refused_with_the_estimate(bundle, monkeyp
     assert main(["generate", "a red ball", "--model", str(bundle), "--steps", "1", "-o", str(tmp_path / "v.mp4")]) == 2
     err = capsys.readouterr().err
     assert "needs about" in err and "GiB" in err and "is free" in err
+
+
+def test_without_a_bundled_model_generate_says_so(capsys, monkeypatch, tmp_path):
+    import videodit.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "BUNDLED", tmp_path / "bundle")  # as in a release without a DiT
+    assert main(["generate", "a red ball", "-o", str(tmp_path / "v.mp4")]) == 2
+    assert "ships no trained text-to-video model" in capsys.readouterr().err

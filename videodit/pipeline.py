@@ -112,9 +112,11 @@ class Pipeline:
     @classmethod
     def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> Pipeline:
         path = BUNDLED if path is None else Path(path)
+        if path == BUNDLED and not (path / "dit").is_dir():
+            raise VideoditError("this version of videodit ships no trained text-to-video model yet (see "
+                                "docs/STATUS.md); pass --model PATH with a bundle made by `videodit train`")
         if not path.exists():
-            hint = " (the bundled model is missing from this install)" if path == BUNDLED else ""
-            raise VideoditError(f"{path}: model bundle not found{hint}")
+            raise VideoditError(f"{path}: model bundle not found")
         config = _read_bundle_config(path)
         vae = VideoVAE.from_pretrained(path / "vae", device=device)
         dit = load_dit(path / "dit", device=device)

@@ -70,6 +70,9 @@ class VAETrainConfig:
     save_minutes: float = field(default=5.0, metadata={"help": "also checkpoint when this many minutes passed"})
     log_every: int = field(default=10, metadata={"help": "CSV log every N steps"})
     resume: bool = field(default=True, metadata={"help": "resume from OUT/checkpoint.pt when it exists"})
+    init: str = field(default="", metadata={
+        "help": "start from this VAE bundle's weights (model and EMA; e.g. the bundled VAE, to continue its "
+                "training on a fresh machine) instead of a random init; a checkpoint to resume wins"})
     stats_batches: int = field(default=8, metadata={"help": "batches used to measure the latent scale/shift"})
 
     def check(self) -> None:
@@ -265,6 +268,13 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
         guard = DivergenceGuard(cfg.warmup_steps, payload["extra"].get("guard"))
         if dist.is_main:
             print(f"resumed from {ckpt_path} at step {step}")
+    elif cfg.init:
+        from videodit.train.checkpoint import load_safetensors_checked
+
+        load_safetensors_checked(model, Path(cfg.init) / "model.safetensors")
+        ema.load_state_dict(model.state_dict())
+        if dist.is_main:
+            print(f"initialised from {cfg.init}")
 
     train_model = model
     if dist.world_size > 1:
