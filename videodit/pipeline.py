@@ -58,29 +58,17 @@ def _read_bundle_config(path: Path) -> BundleConfig:
 
 
 def load_dit(path: str | Path, device: str | torch.device = "cpu") -> DiT:
-    from videodit.train.checkpoint import load_safetensors_checked
+    from videodit.train.checkpoint import load_safetensors_checked, read_bundle_config
 
-    path = Path(path)
-    cfg_path = path / "config.json"
-    if not cfg_path.is_file():
-        raise VideoditError(f"{path}: not a DiT bundle (no config.json; expected config.json + model.safetensors)")
-    try:
-        cfg = from_dict(DiTConfig, json.loads(cfg_path.read_text()), source=str(cfg_path))
-    except json.JSONDecodeError as e:
-        raise VideoditError(f"{cfg_path}: not valid JSON ({e})") from None
-    dit = DiT(cfg)
-    load_safetensors_checked(dit, path / "model.safetensors")
+    dit = DiT(read_bundle_config(DiTConfig, path, "DiT"))
+    load_safetensors_checked(dit, Path(path) / "model.safetensors")
     return dit.to(device).eval()
 
 
 def save_dit(dit: DiT, path: str | Path) -> Path:
-    from safetensors.torch import save_file
+    from videodit.train.checkpoint import save_weights_bundle
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(json.dumps(to_dict(dit.config), indent=2) + "\n")
-    save_file({k: v.detach().contiguous().cpu() for k, v in dit.state_dict().items()}, str(path / "model.safetensors"))
-    return path
+    return save_weights_bundle(dit, dit.config, path)
 
 
 def available_memory() -> int:

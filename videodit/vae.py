@@ -20,7 +20,6 @@ Set ``vae.compute_dtype = torch.float32`` for exact comparisons.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +27,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from videodit.config import from_dict, to_dict
 from videodit.errors import VideoditError
 
 TEMPORAL_STRIDE = 4
@@ -388,29 +386,16 @@ class VideoVAE(nn.Module):
 
     # -- bundles --------------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> Path:
-        from safetensors.torch import save_file
+        from videodit.train.checkpoint import save_weights_bundle
 
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=2) + "\n")
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(path / "model.safetensors"))
-        return path
+        return save_weights_bundle(self, self.cfg, path)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "VideoVAE":
-        from videodit.train.checkpoint import load_safetensors_checked
+        from videodit.train.checkpoint import load_safetensors_checked, read_bundle_config
 
-        path = Path(path)
-        cfg_path = path / "config.json"
-        if not cfg_path.is_file():
-            raise VideoditError(f"{path}: not a VAE bundle (no config.json; expected config.json + model.safetensors)")
-        try:
-            cfg = from_dict(VAEConfig, json.loads(cfg_path.read_text()), source=str(cfg_path))
-        except (ValueError, json.JSONDecodeError) as e:
-            raise VideoditError(f"{cfg_path}: {e}") from None
-        model = cls(cfg)
-        load_safetensors_checked(model, path / "model.safetensors")
+        model = cls(read_bundle_config(VAEConfig, path, "VAE"))
+        load_safetensors_checked(model, Path(path) / "model.safetensors")
         return model.to(device).eval()
 
 

@@ -54,6 +54,38 @@ def _short(items: list[str], n: int = 4) -> str:
     return "[" + ", ".join(items[:n]) + (f", ... {len(items) - n} more" if len(items) > n else "") + "]"
 
 
+def save_weights_bundle(model: nn.Module, config, folder: str | Path) -> Path:
+    """A module as a bundle folder: config.json (the frozen config dataclass) + model.safetensors."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from videodit.config import to_dict
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+              str(folder / "model.safetensors"))
+    return folder
+
+
+def read_bundle_config(cls, folder: str | Path, what: str):
+    """The config dataclass ``cls`` of a bundle folder, with one-line errors naming the file."""
+    import json
+
+    from videodit.config import from_dict
+
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise VideoditError(f"{folder}: not a {what} bundle (no config.json; expected config.json + model.safetensors)")
+    try:
+        return from_dict(cls, json.loads(cfg_path.read_text()), source=str(cfg_path))
+    except (ValueError, json.JSONDecodeError) as e:
+        raise VideoditError(f"{cfg_path}: {e}") from None
+
+
 def load_safetensors_checked(model: nn.Module, path: str | Path) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
