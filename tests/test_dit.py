@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import random_dit
 from videodit.dit import DiT, DiTConfig, PRESETS, apply_rope, attention, rope_axis_dims, rope_tables
 from videodit.errors import VideoditError
 
@@ -11,13 +12,7 @@ TINY = DiTConfig.preset("tiny")
 
 
 def random_model(cfg=TINY, seed=0):
-    """A model with every weight random (the zero-init one is the identity and hides bugs)."""
-    torch.manual_seed(seed)
-    model = DiT(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model
+    return random_dit(cfg, seed)
 
 
 def inputs(B=2, T=3, H=4, W=6, L=5, cfg=TINY, seed=1):

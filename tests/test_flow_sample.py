@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from conftest import random_dit
 from videodit import flow
 from videodit.dit import DiT, DiTConfig
 from videodit.errors import VideoditError
@@ -12,12 +13,7 @@ TINY = DiTConfig.preset("tiny")
 
 
 def random_model(seed=0):
-    torch.manual_seed(seed)
-    model = DiT(TINY)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model
+    return random_dit(TINY, seed)
 
 
 # ----------------------------------------------------------------------------- flow

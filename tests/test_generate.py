@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
+from conftest import make_tiny_bundle
 from videodit.cli import main
 from videodit.pipeline import Pipeline
-from videodit.train.dit import DiTTrainConfig, train_dit
-from videodit.vae import PRESETS, VideoVAE
 from videodit.video import read_video
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundle")
-    torch.manual_seed(0)
-    VideoVAE(PRESETS["tiny"]).save_pretrained(root / "vae")
-    cfg = DiTTrainConfig(preset="tiny", out=str(root / "run"), vae=str(root / "vae"), steps=2, batch_size=2,
-                         sizes=("32x32",), frames=(5,), sample_every=2, sample_prompts=2, sample_steps=1,
-                         warmup_steps=1, threads=1)
-    path = train_dit(cfg)
+    path = make_tiny_bundle(root, sample_every=2, sample_prompts=2, sample_steps=1)
     assert (root / "run" / "eval.csv").read_text().startswith("step,score_in_dist")
     return path
 

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_tiny_bundle
 from videodit import prompting
 from videodit.cli import main
 from videodit.pipeline import Pipeline
-from videodit.train.dit import DiTTrainConfig, train_dit
-from videodit.vae import PRESETS, VideoVAE
 from videodit.video import read_image, read_video, write_image, write_video
 
 PROMPT = "A red ball moves to the right on a black background."
@@ -20,12 +19,7 @@ PROMPT = "A red ball moves to the right on a black background."
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bundle")
-    torch.manual_seed(0)
-    VideoVAE(PRESETS["tiny"]).save_pretrained(root / "vae")
-    cfg = DiTTrainConfig(preset="tiny", out=str(root / "run"), vae=str(root / "vae"), steps=2, batch_size=2,
-                         sizes=("32x32",), frames=(9,), sample_every=0, warmup_steps=1, threads=1)
-    return train_dit(cfg)
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundle"), frames=9)
 
 
 @pytest.fixture(scope="module")
