@@ -1,6 +1,12 @@
 """Fixtures shared by the test files. Keep this small: a fixture belongs here only once two
 test files use it."""
 
+import os
+
+# Passive OpenMP waiting, as the CLI sets it (videodit/cli.py): spinning threads make torch ops on a
+# shared machine many times slower. Set before any test module imports torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import dataclasses
 
 import numpy as np

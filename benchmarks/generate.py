@@ -1,0 +1,96 @@
+"""End-to-end generation time with a model bundle, split into load / text / sampling / decode.
+
+    python benchmarks/generate.py --model runs/dit/bundle --runs 5
+    python benchmarks/generate.py                # the bundled model, once one ships
+
+Each run is one `Pipeline` call at the bundle's default settings (frames, size, steps, guidance),
+seed = run index, after one warm-up call. Prints medians over the runs, the peak resident memory
+of the process, and the cold-start time of the whole `videodit generate` command (a fresh
+process: imports, model load, generation, mp4 write), median of --cold runs. Its last line:
+    SUMMARY sample_decode_s=<x> cold_command_s=<x> peak_rss_mb=<x>
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the videodit command does (videodit/cli.py)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model bundle folder (default: the bundled model)")
+    parser.add_argument("--runs", type=int, default=5, help="timed generations after one warm-up")
+    parser.add_argument("--cold", type=int, default=3, help="cold `videodit generate` commands to time (0 = skip)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    args = parser.parse_args()
+
+    t0 = time.perf_counter()
+    import torch
+
+    from videodit.pipeline import Pipeline
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = Pipeline.load(args.model)
+    load_s = time.perf_counter() - t0
+    cfg = pipe.config
+    print(f"bundle: {args.model or 'bundled'}; {cfg.frames} frames at {cfg.size[0]}x{cfg.size[1]}, "
+          f"{cfg.sampler.steps} {cfg.sampler.solver} steps, guidance {cfg.sampler.guidance}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    prompt = "A small red circle moves to the right on a black background."
+    times = {"text": [], "sampling": [], "decode": []}
+    for run in range(args.runs + 1):
+        pipe.text._cache.clear()  # time the text encoder too, as a new prompt would
+        a = time.perf_counter()
+        pipe.encode_prompts([prompt])
+        b = time.perf_counter()
+        latents = pipe.generate_latents([prompt], frames=cfg.frames, size=cfg.size,
+                                        sampler=pipe.sampler(seed=run))
+        c = time.perf_counter()
+        pipe.decode_latents(latents)
+        d = time.perf_counter()
+        if run:  # run 0 warms up
+            times["text"].append(b - a)
+            times["sampling"].append(c - b)  # includes a cached text lookup
+            times["decode"].append(d - c)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"load {load_s:.2f} s (once, with imports)")
+    for k, v in med.items():
+        print(f"{k:9s} {v:.3f} s  (median of {args.runs}; min {min(times[k]):.3f}, max {max(times[k]):.3f})")
+    rss = peak_rss_mb()
+    print(f"peak RSS {rss:.0f} MB")
+
+    cold = float("nan")
+    if args.cold:
+        runs = []
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "videodit.cli", "generate", prompt, "-o", str(Path(tmp) / "v.mp4")]
+            if args.model:
+                cmd += ["--model", args.model]
+            for _ in range(args.cold):
+                a = time.perf_counter()
+                subprocess.run(cmd, check=True, capture_output=True)
+                runs.append(time.perf_counter() - a)
+        cold = statistics.median(runs)
+        print(f"cold `videodit generate`: {cold:.2f} s (median of {args.cold})")
+    print(f"SUMMARY sample_decode_s={med['sampling'] + med['decode']:.3f} cold_command_s={cold:.2f} "
+          f"peak_rss_mb={rss:.0f}")
+
+
+if __name__ == "__main__":
+    main()
