@@ -297,3 +297,17 @@ def test_train_vae_cli_rejects_bad_frames(capsys):
 
     assert main(["train-vae", "--frames", "16", "--out", "unused"]) == 2
     assert "--frames 16: must be 4k+1" in capsys.readouterr().err
+
+
+def test_bundled_vae_reconstructs_held_out_synthworld():
+    """Regression guard for the weights shipped in videodit/assets/bundle/vae (interim: 31.6 dB
+    mean over 64 held-out clips when committed; docs/VAE.md)."""
+    from videodit.reconstruct import DEFAULT_BUNDLE
+    from videodit.video import frames_to_tensor, psnr, tensor_to_frames
+    from videodit.world import make_sample
+
+    vae = VideoVAE.from_pretrained(DEFAULT_BUNDLE)
+    clips = np.stack([make_sample("eval", i).frames for i in range(4)])  # (4, 17, 64, 64, 3)
+    with torch.no_grad():
+        recon = tensor_to_frames(vae.decode(vae.encode(frames_to_tensor(clips))).clamp(-1, 1))
+    assert np.mean([psnr(a, b) for a, b in zip(clips, recon)]) > 28
