@@ -512,3 +512,11 @@ def test_cli_show_prints_captions_and_writes_a_strip(tmp_path, capsys):
     sample = make_sample("train", 4, family="occlusion", frames=9)
     assert sample.caption in out and all(p in out for p in sample.paraphrases + sample.short)
     np.testing.assert_array_equal(read_image(tmp_path / "s.png"), np.concatenate(list(sample.frames), axis=1))
+
+
+def test_family_error_names_the_frame_counts_that_fit():
+    # At 48x80 occlusion fits 13, 21 and 25 frames but not 17 (discrete speeds): a range would lie.
+    with pytest.raises(VideoditError, match=r"fits these frame counts only: 13, 21, 25$"):
+        make_sample("eval", 0, family="occlusion", width=48, height=80, frames=17)
+    with pytest.raises(VideoditError, match=r"at 64x64 it needs 5 to \d+ frames$"):
+        make_sample("train", 0, family="collision", width=64, height=64, frames=1)

@@ -545,8 +545,13 @@ def check_family(family: str, width: int, height: int, frames: int) -> None:
         raise VideoditError(f"family {family!r}: choose one of {', '.join(FAMILIES)}")
     if not family_possible(family, width, height, frames):
         fits = [f for f in range(1, 514, 4) if family_possible(family, width, height, f)]
-        hint = (f"at {width}x{height} it needs {fits[0]} to {fits[-1]} frames" if fits
-                else f"it never fits {width}x{height}; use a wider canvas")
+        if not fits:
+            hint = f"it never fits {width}x{height}; use a wider canvas"
+        elif fits == list(range(fits[0], fits[-1] + 1, 4)):
+            hint = f"at {width}x{height} it needs {fits[0]} to {fits[-1]} frames"
+        else:  # the feasible durations have gaps (discrete speeds): name them
+            shown = ", ".join(map(str, fits[:12])) + (", ..." if len(fits) > 12 else "")
+            hint = f"at {width}x{height} it fits these frame counts only: {shown}"
         raise VideoditError(f"family {family!r} cannot happen in a {width}x{height} clip of {frames} frames: {hint}")
 
 
