@@ -169,3 +169,19 @@ def test_bucketed_training_resumes_exactly(tmp_path, tiny_vae):
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = (tmp_path / "a" / "run" / "log.csv").read_text().splitlines()[1:]
     assert len({r.split(",")[5] for r in rows}) >= 2, "every batch came from one bucket"
+
+
+def test_init_starts_from_a_bundles_weights_and_rejects_another_architecture(tmp_path, tiny_vae):
+    first = train_dit(_cfg(tmp_path / "a", tiny_vae, steps=2))
+    from safetensors.torch import load_file
+
+    # steps=0 is refused, so train 1 step at lr 0: the weights must be exactly the init's.
+    cont = train_dit(_cfg(tmp_path / "b", tiny_vae, steps=1, lr=0.0, warmup_steps=1, init=str(first)))
+    a = load_file(first / "dit" / "model.safetensors")
+    b = load_file(cont / "dit" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    with pytest.raises(VideoditError, match="no dit/ folder"):
+        train_dit(_cfg(tmp_path / "c", tiny_vae, init=str(tmp_path)))
+    with pytest.raises(VideoditError, match="differs.*dim"):
+        train_dit(_cfg(tmp_path / "d", tiny_vae, preset="cpu-small", init=str(first)))

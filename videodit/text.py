@@ -53,6 +53,7 @@ def _load(folder: Path, dtype: torch.dtype):
     """Tokenizer and the encoder half of whatever model type the folder holds."""
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()  # a 0.1 s load needs no bar on stderr
     try:
         hf_config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)

@@ -87,6 +87,10 @@ class DiTTrainConfig:
                 "OUT/latents-rankR.pt) and train on them in shuffled epochs; 0 = render and encode every batch"})
     max_minutes: float = field(default=0.0, metadata={
         "help": "stop cleanly (checkpoint + bundle) after this much wall time in this run; 0 = no limit"})
+    init: str = field(default="", metadata={
+        "help": "start from the DiT weights of this model bundle ('bundled' = the one shipped in the "
+                "package) instead of a random init, e.g. to continue the bundled model's training on a "
+                "fresh machine; a checkpoint to resume wins"})
 
     def check(self) -> None:
         from videodit.dit import PRESETS
@@ -354,6 +358,11 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
         step = payload["step"]
         if dist.is_main:
             print(f"resumed from {ckpt} at step {step}")
+    elif cfg.init:
+        init_weights(model, cfg.init, model_cfg)
+        ema.load_state_dict(model.state_dict())
+        if dist.is_main:
+            print(f"initialised from {cfg.init}")
     ddp = DistributedDataParallel(model) if dist.world_size > 1 else model
     global_batch = cfg.batch_size * dist.world_size
     bundle_cfg = BundleConfig(text=text.config, sampler=SamplerConfig(guidance=cfg.sample_guidance),
@@ -434,6 +443,25 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
             warnings.warn(f"size bucket(s) {', '.join(empty)} got no training clip in this run "
                           f"(too few steps for their share, or a --latent-cache too small to reach them)")
     return out / "bundle"
+
+
+def init_weights(model, bundle: str, model_cfg) -> None:
+    """Load the DiT of a model bundle (``bundle`` = a folder, or 'bundled') into ``model``; a bundle
+    whose DiT has another architecture fails naming the settings that differ."""
+    from videodit.dit import DiTConfig
+    from videodit.pipeline import BUNDLED
+    from videodit.train.checkpoint import load_safetensors_checked, read_bundle_config
+
+    folder = (BUNDLED if bundle == "bundled" else Path(bundle)) / "dit"
+    if not folder.is_dir():
+        raise VideoditError(f"--init {bundle}: no dit/ folder there (expected a model bundle written by "
+                            "`videodit train`, or 'bundled')")
+    theirs = to_dict(read_bundle_config(DiTConfig, folder, "DiT"))
+    ours = to_dict(model_cfg)
+    differ = [f"{k} {theirs[k]} (init) vs {ours[k]} (--preset)" for k in ours if theirs.get(k) != ours[k]]
+    if differ:
+        raise VideoditError(f"--init {bundle}: its DiT differs from the one being trained: " + "; ".join(differ))
+    load_safetensors_checked(model, folder / "model.safetensors")
 
 
 def _agree(flag: bool, world_size: int, device) -> bool:
