@@ -1,0 +1,35 @@
+"""Draw docs/model/curves.png from the training logs kept beside this file.
+
+    python docs/model/plot_curves.py          (needs matplotlib, not a videodit dependency)
+"""
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+here = Path(__file__).resolve().parent
+dit = list(csv.DictReader(open(here / "dit_train_log.csv")))
+vae = list(csv.DictReader(open(here / "vae_finetune_log.csv")))
+
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+ax = axes[0]
+for frames, colour in (("1", "tab:blue"), ("9", "tab:orange"), ("17", "tab:green"), ("33", "tab:red")):
+    rows = [r for r in dit if r["bucket"].split("x")[2] == frames]
+    ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], ".", color=colour,
+            label=f"{frames}-frame batches")
+ax.set(title="DiT flow-matching loss (logged batch)", xlabel="step", ylabel="loss", yscale="log")
+ax.axvline(1456, color="gray", lw=0.8, ls="--")
+ax.text(1470, ax.get_ylim()[1] * 0.7, "restart", fontsize=8, color="gray")
+ax.legend(fontsize=7)
+ax = axes[1]
+ax.plot([int(r["step"]) for r in dit], [float(r["lr"]) for r in dit], color="tab:purple")
+ax.set(title="DiT learning rate", xlabel="step")
+ax = axes[2]
+ax.plot([int(r["step"]) for r in vae], [float(r["psnr"]) for r in vae], color="tab:green")
+ax.set(title="VAE fine-tune: training-batch PSNR (dB)", xlabel="step")
+fig.tight_layout()
+fig.savefig(here / "curves.png", dpi=90)
+print("wrote", here / "curves.png")
