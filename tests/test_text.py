@@ -91,3 +91,27 @@ def test_bad_inputs(tmp_path):
         TextEncoder(TextEncoderConfig(model=str(tmp_path)))
     with pytest.raises(VideoditError, match="dtype"):
         TextEncoder(TextEncoderConfig(dtype="float8"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_native_bert_equals_transformers(dtype):
+    # BERT folders (the bundled one included) run on videodit.text.BertEncoder, not transformers,
+    # to keep transformers' import out of `videodit generate`; the outputs must not change.
+    import transformers
+
+    from videodit.text import DTYPES, BertEncoder
+
+    enc = TextEncoder(TextEncoderConfig(dtype=dtype))
+    assert isinstance(enc.model, BertEncoder)
+    folder = bundled_model_dir()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = transformers.AutoModel.from_pretrained(folder, local_files_only=True, dtype=DTYPES[dtype]).eval()
+    prompts = ["A red circle moves to the right on a black background.", "red ball", "a red ball " * 20,
+               "Ünïcode café, 日本"]
+    for batch in (prompts, prompts[1:2]):  # padded, and not
+        ours = enc.tokenizer(batch, padding=True, truncation=True, max_length=32, return_tensors="pt")
+        ref = tokenizer(batch, padding=True, truncation=True, max_length=32, return_tensors="pt")
+        assert ours.keys() == ref.keys() and all(torch.equal(ours[k], ref[k]) for k in ref)
+        with torch.no_grad():
+            assert torch.equal(enc.model(**ours).last_hidden_state, model(**ref).last_hidden_state)
+    assert [enc.tokenizer(p)["input_ids"] for p in prompts] == [tokenizer(p)["input_ids"] for p in prompts]

