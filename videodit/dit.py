@@ -4,6 +4,8 @@
     v = dit(x, t, text, text_mask)        # x (B, c, T, h, w) latents, t (B, T) or (B,) in [0, 1],
                                           # text (B, L, D_text), text_mask (B, L) bool -> v like x
     kv = dit.text_kv(text, text_mask)     # once per generation; then dit(x, t, text_kv=kv) each step
+    vs = dit.forward_packed([x1, x2], [t1, t2], text, text_mask)  # batches of different sizes in ONE
+                                          # sequence (sequence packing); vs[j] == dit(xs[j], ts[j], ...)
 
 The DiT is a pure function of its inputs and knows nothing of schedules: the time convention and
 the meaning of v live in ``videodit.flow``.
@@ -159,6 +161,40 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     return s.softmax(dim=-1) @ v  # (B, heads, N, d)
 
 
+class Packing(NamedTuple):
+    """Layout of a packed sequence (``DiT.forward_packed``): runs of equal-sized clips, in sequence
+    order, each run ``clips`` clips of ``tokens`` tokens. Attention is block-diagonal over clips;
+    the blocks are computed as one batched attention per run, so no score outside a block (no
+    padding, no masked-out pair) is ever computed."""
+
+    runs: tuple[tuple[int, int], ...]  # (clips, tokens per clip)
+
+
+def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing,
+                     mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+    """Block-diagonal attention over a packed sequence. q (1, N, heads, d). Self-attention
+    (no mask): k, v (1, N, heads, d) like q. Cross-attention (a mask): k, v (clips, heads, L, d)
+    per clip, mask (clips, 1, 1, L). Returns (1, N, heads * d)."""
+    per_clip_kv = mask is not None
+    heads, d = q.shape[2], v.shape[-1]
+    # Each run's output is written in place into one buffer: a torch.cat of the runs would copy
+    # every token once more (~10% of a cpu-small training step).
+    out = q.new_empty(q.shape[1], heads, d)  # (N, heads, d)
+    start, clip = 0, 0
+    for g, n in packing.runs:
+        qs = q[0, start:start + g * n].unflatten(0, (g, n)).transpose(1, 2)  # (g, heads, n, d)
+        if per_clip_kv:
+            ks, vs = k[clip:clip + g], v[clip:clip + g]  # (g, heads, L, d)
+            ms = mask[clip:clip + g]
+        else:
+            ks, vs = (a[0, start:start + g * n].unflatten(0, (g, n)).transpose(1, 2) for a in (k, v))  # (g, heads, n, d)
+            ms = None
+        o = attention(qs, ks, vs, ms, scale)  # (g, heads, n, d)
+        out[start:start + g * n].view(g, n, heads, d).copy_(o.transpose(1, 2))
+        start, clip = start + g * n, clip + g
+    return out.view(1, -1, heads * d)  # (1, N, heads * d)
+
+
 class TextKV(NamedTuple):
     """Per-block cross-attention keys/values, computed once per prompt batch by ``DiT.text_kv``."""
 
@@ -177,20 +213,23 @@ class SelfAttention(nn.Module):
         self.k_gain = nn.Parameter(torch.ones(cfg.head_dim)) if cfg.qk_norm else None
         self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                packing: Packing | None = None) -> torch.Tensor:
         B, N, D = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.heads, self.head_dim).unbind(2)  # each (B, N, heads, hd)
+        scale = None
         if self.qk_norm:
             # rope(RMSNorm(q)): the per-channel gain rides in the RoPE tables and the per-(token,
             # head) 1/rms is a scalar that commutes with the rotation, as does the softmax scale:
             # three passes fewer over q and k.
-            scale = self.head_dim ** -0.5
-            q = apply_rope(q * (inv_rms(q, self.eps) * scale), *fold_gain(*rope, self.q_gain))
+            q = apply_rope(q * (inv_rms(q, self.eps) * self.head_dim ** -0.5), *fold_gain(*rope, self.q_gain))
             k = apply_rope(k * inv_rms(k, self.eps), *fold_gain(*rope, self.k_gain))
-            o = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=1.0)  # (B, heads, N, hd)
+            scale = 1.0
         else:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-            o = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, heads, N, hd)
+        if packing is not None:
+            return self.out(packed_attention(q, k, v, packing, scale=scale))
+        o = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale)  # (B, heads, N, hd)
         return self.out(o.transpose(1, 2).reshape(B, N, D))
 
 
@@ -214,15 +253,18 @@ class CrossAttention(nn.Module):
             k = k * inv_rms(k, self.eps) * (self.k_gain * self.q_gain).to(k.dtype)
         return k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, L, hd)
 
-    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor,
+                packing: Packing | None = None) -> torch.Tensor:
         B, N, D = x.shape
         q = self.q(x).view(B, N, self.heads, self.head_dim)  # (B, N, heads, hd)
+        scale = None
         if self.qk_norm:
             # Its gain is folded into the keys (text_kv), the softmax scale into the 1/rms factor.
             q = q * (inv_rms(q, self.eps) * self.head_dim ** -0.5)
-            o = attention(q.transpose(1, 2), *kv, mask, scale=1.0)  # (B, heads, N, hd)
-        else:
-            o = attention(q.transpose(1, 2), *kv, mask)  # (B, heads, N, hd)
+            scale = 1.0
+        if packing is not None:  # each clip attends to its own prompt only
+            return self.out(packed_attention(q, *kv, packing, mask, scale))
+        o = attention(q.transpose(1, 2), *kv, mask, scale)  # (B, heads, N, hd)
         return self.out(o.transpose(1, 2).reshape(B, N, D))
 
 
@@ -246,15 +288,16 @@ class Block(nn.Module):
         # Learned per-block offset added to the shared time modulation (adaLN-single, PixArt-alpha).
         self.modulation = nn.Parameter(torch.zeros(6, cfg.dim))
 
-    def forward(self, x, mod, rope, kv, text_mask):
-        """x (B, T, S, D) fp32 residual stream; mod (B, T, 1, 6, D) fp32 shared time modulation."""
+    def forward(self, x, mod, rope, kv, text_mask, packing: Packing | None = None):
+        """x (B, T, S, D) fp32 residual stream; mod (B, T, 1, 6, D) fp32 shared time modulation.
+        Packed (see DiT.forward_packed): x (1, N, 1, D), mod (1, N, 1, 6, D), one row per token."""
         B, T, S, D = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = (mod + self.modulation).unbind(3)  # each (B, T, 1, D)
         # Norm and modulation in fp32, per frame: every token takes its own frame's timestep.
         h = torch.addcmul(shift1, F.layer_norm(x, (D,), eps=self.eps), 1 + scale1)
-        x = torch.addcmul(x, gate1, self.self_attn(h.view(B, T * S, D), rope).view(B, T, S, D))
+        x = torch.addcmul(x, gate1, self.self_attn(h.view(B, T * S, D), rope, packing).view(B, T, S, D))
         h = self.norm_cross(x)
-        x = x + self.cross_attn(h.view(B, T * S, D), kv, text_mask).view(B, T, S, D)
+        x = x + self.cross_attn(h.view(B, T * S, D), kv, text_mask, packing).view(B, T, S, D)
         h = torch.addcmul(shift2, F.layer_norm(x, (D,), eps=self.eps), 1 + scale2)
         return torch.addcmul(x, gate2, self.mlp(h))
 
@@ -323,11 +366,10 @@ class DiT(nn.Module):
         kv = [b.cross_attn.text_kv(context) for b in self.blocks]
         return TextKV(kv, keep[:, None, None, :])  # mask (B, 1, 1, L + 1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor | None = None,
-                text_mask: torch.Tensor | None = None, *, text_kv: TextKV | None = None) -> torch.Tensor:
-        """x (B, c, T, h, w); t (B, T) per latent frame or (B,); text + text_mask, or a precomputed
-        text_kv. Returns the velocity (B, c, T, h, w) in fp32. With pt > 1 a token frame takes the
-        largest t of its pt latent frames."""
+    def _patchify(self, x: torch.Tensor, t: torch.Tensor):
+        """Checked x (B, c, T, h, w), t (B, T) or (B,) -> patches (B, Tp, S, c*pt*ph*pw), timesteps
+        per token frame (B, Tp) fp32 (a token frame takes the largest t of its pt latent frames)
+        and the token grid (Tp, Hp, Wp)."""
         cfg = self.config
         pt, ph, pw = cfg.patch
         if x.dim() != 5 or x.shape[1] != cfg.in_channels:
@@ -340,34 +382,116 @@ class DiT(nn.Module):
             t = t[:, None].expand(B, T)
         if t.shape != (B, T):
             raise VideoditError(f"DiT timesteps: expected (B, T) = {(B, T)} or (B,), got {tuple(t.shape)}")
-        if text_kv is None:
-            if text is None or text_mask is None:
-                raise VideoditError("DiT: pass text and text_mask, or text_kv")
-            text_kv = self.text_kv(text, text_mask)
         Tp, Hp, Wp = T // pt, H // ph, W // pw
+        patches = x.view(B, c, Tp, pt, Hp, ph, Wp, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)  # (B, Tp, Hp, Wp, c, pt, ph, pw)
+        patches = patches.reshape(B, Tp, Hp * Wp, self.patch_dim)  # (B, Tp, S, c*pt*ph*pw)
+        return patches, t.float().view(B, Tp, pt).amax(dim=2), (Tp, Hp, Wp)
+
+    def _unpatchify(self, out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """out (B, Tp, S, c*pt*ph*pw) -> (B, c, T, h, w) = ``shape``."""
+        pt, ph, pw = self.config.patch
+        B, c, T, H, W = shape
+        out = out.view(B, T // pt, H // ph, W // pw, c, pt, ph, pw).permute(0, 4, 1, 5, 2, 6, 3, 7)  # (B, c, Tp, pt, Hp, ph, Wp, pw)
+        return out.reshape(B, c, T, H, W)
+
+    def _text(self, text, text_mask, text_kv: TextKV | None) -> TextKV:
+        if text_kv is not None:
+            return text_kv
+        if text is None or text_mask is None:
+            raise VideoditError("DiT: pass text and text_mask, or text_kv")
+        return self.text_kv(text, text_mask)
+
+    def _head(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """Final modulated norm + linear, fp32: h (..., D), temb broadcastable to h."""
+        shift, scale = (temb[..., None, :] + self.head_modulation).unbind(-2)  # each like temb
+        h = torch.addcmul(shift, F.layer_norm(h, (self.config.dim,), eps=self.config.norm_eps), 1 + scale)
+        return self.head(h)
+
+    def _compute_dtype(self, x: torch.Tensor):
+        return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor | None = None,
+                text_mask: torch.Tensor | None = None, *, text_kv: TextKV | None = None) -> torch.Tensor:
+        """x (B, c, T, h, w); t (B, T) per latent frame or (B,); text + text_mask, or a precomputed
+        text_kv. Returns the velocity (B, c, T, h, w) in fp32. With pt > 1 a token frame takes the
+        largest t of its pt latent frames. Lists x and t run ``forward_packed`` (so that a
+        DistributedDataParallel wrapper, which only sees forward, can train packed)."""
+        if isinstance(x, (list, tuple)):
+            return self.forward_packed(x, t, text, text_mask, text_kv=text_kv)
+        cfg = self.config
+        patches, t_frames, grid = self._patchify(x, t)
+        text_kv = self._text(text, text_mask, text_kv)
+        B, Tp = t_frames.shape
 
         # Time: one fp32 embedding per token frame, shared by every block (autocast off: the
         # modulation is applied to the fp32 residual stream and must not be rounded to bf16).
         with torch.autocast(x.device.type, enabled=False):
-            t_frames = t.float().view(B, Tp, pt).amax(dim=2)  # (B, Tp)
             temb = self.time_embed(timestep_sinusoid(t_frames, cfg.freq_dim))  # (B, Tp, D)
             mod = self.time_proj(temb).view(B, Tp, 1, 6, cfg.dim)  # (B, Tp, 1, 6, D)
 
-        patches = x.view(B, c, Tp, pt, Hp, ph, Wp, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)  # (B, Tp, Hp, Wp, c, pt, ph, pw)
-        patches = patches.reshape(B, Tp, Hp * Wp, self.patch_dim)  # (B, Tp, S, c*pt*ph*pw)
         h = self.patch_embed(patches).float()  # (B, Tp, S, D) fp32 residual stream
-
-        compute = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        rope = self.rope((Tp, Hp, Wp), x.device, compute)
+        rope = self.rope(grid, x.device, self._compute_dtype(x))
         for block, kv in zip(self.blocks, text_kv.kv):
             h = block(h, mod, rope, kv, text_kv.mask)
 
         with torch.autocast(x.device.type, enabled=False):
-            shift, scale = (temb[:, :, None, None, :] + self.head_modulation).unbind(3)  # each (B, Tp, 1, D)
-            h = torch.addcmul(shift, F.layer_norm(h, (cfg.dim,), eps=cfg.norm_eps), 1 + scale)
-            out = self.head(h)  # (B, Tp, S, c*pt*ph*pw)
-        out = out.view(B, Tp, Hp, Wp, c, pt, ph, pw).permute(0, 4, 1, 5, 2, 6, 3, 7)  # (B, c, Tp, pt, Hp, ph, Wp, pw)
-        return out.reshape(B, c, T, H, W)
+            out = self._head(h, temb[:, :, None, :])  # (B, Tp, S, c*pt*ph*pw)
+        return self._unpatchify(out, x.shape)
+
+    def forward_packed(self, xs: list[torch.Tensor], ts: list[torch.Tensor], text: torch.Tensor | None = None,
+                       text_mask: torch.Tensor | None = None, *, text_kv: TextKV | None = None) -> list[torch.Tensor]:
+        """Sequence packing (NaViT, Dehghani et al. 2023; Sora's "native sizes"): batches of clips
+        of different sizes and durations run as ONE token sequence, so the linears see every token
+        at once and no token is padding. xs[j] (B_j, c, T_j, h_j, w_j), ts[j] (B_j, T_j) or (B_j,);
+        text (sum B_j, L, D_text) + text_mask, or text_kv, with one row per clip in the order of
+        xs. Attention is block-diagonal: a clip attends to its own tokens and its own prompt only,
+        its RoPE positions start at 0 and its timesteps are its own, so vs[j] equals
+        ``forward(xs[j], ts[j], ...)`` up to rounding. Returns velocities like xs, fp32.
+
+        Memory: the time modulation is one row per token here (6 D floats) instead of one per frame."""
+        cfg = self.config
+        if not xs or len(xs) != len(ts):
+            raise VideoditError(f"DiT packed: need one timestep tensor per batch, got {len(xs)} batches "
+                                f"and {len(ts)}")
+        pieces = [self._patchify(x, t) for x, t in zip(xs, ts)]
+        text_kv = self._text(text, text_mask, text_kv)
+        clips = sum(x.shape[0] for x in xs)
+        if text_kv.mask.shape[0] != clips:
+            raise VideoditError(f"DiT packed: {clips} clips but {text_kv.mask.shape[0]} prompts")
+        device = xs[0].device
+        packing = Packing(tuple((p.shape[0], p.shape[1] * p.shape[2]) for p, _, _ in pieces))
+        # Token -> its clip's frame (its row in the concatenated t_frames): (N,)
+        frame_of_token, first = [], 0
+        for p, _, _ in pieces:
+            B, Tp, S, _ = p.shape
+            frame_of_token.append((first + torch.arange(B * Tp, device=device)).repeat_interleave(S))
+            first += B * Tp
+        frame_of_token = torch.cat(frame_of_token)  # (N,)
+        N = frame_of_token.shape[0]
+
+        with torch.autocast(device.type, enabled=False):  # fp32 modulation, as in forward
+            t_frames = torch.cat([tf.reshape(-1) for _, tf, _ in pieces])  # (frames,)
+            temb_frames = self.time_embed(timestep_sinusoid(t_frames, cfg.freq_dim))  # (frames, D)
+            mod = self.time_proj(temb_frames)[frame_of_token].view(1, N, 1, 6, cfg.dim)  # (1, N, 1, 6, D)
+
+        patches = torch.cat([p.reshape(-1, self.patch_dim) for p, _, _ in pieces])  # (N, c*pt*ph*pw)
+        h = self.patch_embed(patches).float().view(1, N, 1, cfg.dim)  # (1, N, 1, D) fp32 residual stream
+        dtype = self._compute_dtype(xs[0])
+        tables = [self.rope(grid, device, dtype) for _, _, grid in pieces]  # each (n_j, 1, hd)
+        # Every clip's positions restart at 0: its grid's table, repeated once per clip of the batch.
+        rope = tuple(torch.cat([tab[i].repeat(p.shape[0], 1, 1) for tab, (p, _, _) in zip(tables, pieces)])
+                     for i in range(2))  # cos, sin (N, 1, hd)
+        for block, kv in zip(self.blocks, text_kv.kv):
+            h = block(h, mod, rope, kv, text_kv.mask, packing)
+
+        with torch.autocast(device.type, enabled=False):
+            out = self._head(h.view(N, cfg.dim), temb_frames[frame_of_token])  # (N, c*pt*ph*pw)
+        outs, start = [], 0
+        for x, (p, _, _) in zip(xs, pieces):
+            n = p.shape[0] * p.shape[1] * p.shape[2]
+            outs.append(self._unpatchify(out[start:start + n].view(p.shape), x.shape))
+            start += n
+        return outs
 
 
 # ----------------------------------------------------------------------------- presets

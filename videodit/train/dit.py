@@ -14,6 +14,11 @@ from a generator seeded by (seed, s, rank), and the data stream restarts at
 steps" give the same weights. Data-parallel: the same program under torchrun (DDP; gloo on CPU,
 NCCL on CUDA), each rank reading its own shard of the stream.
 
+Sequence packing (``--pack N``): a step draws N bucket batches (sizes and durations mixed) and
+the DiT runs them as one token sequence with block-diagonal attention (``DiT.forward_packed``);
+the loss is the mean over every counted element of the N batches, and the stream position of
+step s is s * N batches.
+
 Latent cache (``--latent-cache N``): N training clips are rendered and encoded once, kept in
 OUT/latents-rankR.pt (bf16, rebuilt when the VAE or the data settings change), and visited in
 shuffled epochs; text embeddings are cached by the text encoder's LRU cache either way. On a CPU
@@ -87,6 +92,10 @@ class DiTTrainConfig:
                 "OUT/latents-rankR.pt) and train on them in shuffled epochs; 0 = render and encode every batch"})
     max_minutes: float = field(default=0.0, metadata={
         "help": "stop cleanly (checkpoint + bundle) after this much wall time in this run; 0 = no limit"})
+    pack: int = field(default=0, metadata={
+        "help": "sequence packing: run this many size-bucket batches per step as ONE token sequence "
+                "with block-diagonal attention (DiT.forward_packed), so a step mixes sizes and durations "
+                "without padding; with --tokens-per-batch each batch gets 1/N of the budget (0 = off)"})
     init: str = field(default="", metadata={
         "help": "start from the DiT weights of this model bundle ('bundled' = the one shipped in the "
                 "package) instead of a random init, e.g. to continue the bundled model's training on a "
@@ -104,6 +113,8 @@ class DiTTrainConfig:
             raise VideoditError(f"--caption-dropout {self.caption_dropout}: must be in [0, 1)")
         if self.steps < 1 or self.batch_size < 1:
             raise VideoditError("--steps and --batch-size must be >= 1")
+        if self.pack < 0 or self.pack == 1:
+            raise VideoditError(f"--pack {self.pack}: give 0 (off) or the number of batches per step, >= 2")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,7 +188,7 @@ def training_inputs(latents: torch.Tensor, captions: list[str], cfg: DiTTrainCon
 def bucket_plan(cfg: DiTTrainConfig, vae_stride: int, patch: tuple[int, int, int]) -> dict[tuple[int, int, int], dict]:
     """(width, height, frames) -> {"tokens": DiT tokens per clip, "batch": clips per batch, "odds"}.
     Buckets are every (size, frames) pair of --sizes x --frames; a value listed twice is drawn
-    twice as often."""
+    twice as often. With --pack N a step packs N batches, each holding 1/N of --tokens-per-batch."""
     from videodit.world.scene import parse_size
 
     pt, ph, pw = patch
@@ -190,10 +201,23 @@ def bucket_plan(cfg: DiTTrainConfig, vae_stride: int, patch: tuple[int, int, int
                 raise VideoditError(f"bucket {w}x{h}x{f}: sizes must be multiples of {vae_stride * pw} "
                                     f"(VAE stride x patch) and latent frames of {pt}")
             tokens = (T // pt) * (h // vae_stride // ph) * (w // vae_stride // pw)
-            batch = max(1, cfg.tokens_per_batch // tokens) if cfg.tokens_per_batch else cfg.batch_size
+            batch = max(1, cfg.tokens_per_batch // (tokens * batches_per_step(cfg))) if cfg.tokens_per_batch else cfg.batch_size
             entry = plan.setdefault((w, h, f), {"tokens": tokens, "batch": batch, "odds": 0.0})
             entry["odds"] += 1.0 / (len(cfg.sizes) * len(cfg.frames))
     return plan
+
+
+def batches_per_step(cfg: DiTTrainConfig) -> int:
+    return max(1, cfg.pack)
+
+
+def packed_flow_loss(v_preds, v_targets, masks) -> torch.Tensor:
+    """flow_loss over several batches as if they were one: the mean over every counted element."""
+    from videodit.flow import flow_loss
+
+    counts = [m.sum() * v[0, :, 0].numel() for v, m in zip(v_preds, masks)]  # elements per batch
+    total = sum(counts).clamp_min(1)
+    return sum(flow_loss(v, vt, m) * (n / total) for v, vt, m, n in zip(v_preds, v_targets, masks, counts))
 
 
 def describe_plan(plan: dict, budget: int) -> str:
@@ -228,13 +252,13 @@ def _encode(vae, video: torch.Tensor, autocast) -> torch.Tensor:
 
 
 def streamed_batches(cfg: DiTTrainConfig, plan: dict, vae, device, autocast, step: int, world: int):
-    """(latents, captions, bucket) for every step from ``step`` on: render and encode each batch."""
+    """(latents, captions, bucket) for every batch from batch ``step`` on: render and encode each."""
     for batch in _stream(cfg, plan, step * world):
         yield _encode(vae, batch["video"].to(device), autocast), batch["caption"], batch["bucket"]
 
 
 def cached_batches(cfg: DiTTrainConfig, plan: dict, vae, device, autocast, step: int, rank: int, out: Path):
-    """(latents, captions, bucket) for every step from ``step`` on, drawn from about
+    """(latents, captions, bucket) for every batch from batch ``step`` on, drawn from about
     ``cfg.latent_cache`` clips encoded once: epoch e visits the cached batches in a permutation
     seeded by (seed, e, rank), so the batch of a step does not depend on where a run resumed."""
     import torch
@@ -379,27 +403,40 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
     plan = bucket_plan(cfg, vae.cfg.spatial_stride, model_cfg.patch)
     if dist.is_main:
         print(describe_plan(plan, cfg.tokens_per_batch))
+    per_step = batches_per_step(cfg)
     if cfg.latent_cache:
-        batches = cached_batches(cfg, plan, vae, device, autocast, step, dist.rank, out)
+        batches = cached_batches(cfg, plan, vae, device, autocast, step * per_step, dist.rank, out)
     else:
-        batches = streamed_batches(cfg, plan, vae, device, autocast, step, dist.world_size)
+        batches = streamed_batches(cfg, plan, vae, device, autocast, step * per_step, dist.world_size)
     seen = dict.fromkeys(("{}x{}x{}".format(*k) for k in sorted(plan)), 0)  # clips per bucket, this run, rank 0
     bar = tqdm(total=cfg.steps, initial=step, desc="train", disable=not dist.is_main, dynamic_ncols=True)
     last_save, last_log, t_log = time.monotonic(), step, time.monotonic()
     deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes > 0 else math.inf
     try:
         while step < cfg.steps:
-            latents, captions, bucket = next(batches)
-            seen[bucket] += len(captions)
             gen = step_generator(cfg, step, dist.rank)
-            x_t, t, v_target, loss_mask, captions = training_inputs(latents, captions, cfg, gen, model_cfg.patch)
+            if cfg.pack:
+                # Each batch keeps its own random draws (in order, from one generator); the DiT
+                # sees all of them as one packed sequence.
+                drawn, buckets = [], []
+                for _ in range(per_step):
+                    latents, captions, bucket = next(batches)
+                    seen[bucket] += len(captions)
+                    drawn.append(training_inputs(latents, captions, cfg, gen, model_cfg.patch))
+                    buckets.append(bucket)
+                x_t, t, v_target, loss_mask, captions = (list(z) for z in zip(*drawn))
+                captions, bucket = sum(captions, []), "+".join(buckets)
+            else:
+                latents, captions, bucket = next(batches)
+                seen[bucket] += len(captions)
+                x_t, t, v_target, loss_mask, captions = training_inputs(latents, captions, cfg, gen, model_cfg.patch)
             tokens, mask = text.encode(captions)
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with autocast:
                 v_pred = ddp(x_t, t, tokens, mask)
-            loss = flow_loss(v_pred, v_target, loss_mask)
+            loss = packed_flow_loss(v_pred, v_target, loss_mask) if cfg.pack else flow_loss(v_pred, v_target, loss_mask)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
