@@ -85,6 +85,17 @@ def test_eval_model_generates_then_scores(bundle, tmp_path, capsys):
     assert len((tmp_path / "ev" / "prompts.txt").read_text().splitlines()) == 2
 
 
+def test_eval_model_at_another_size_and_duration(bundle, tmp_path, capsys):
+    argv = ["eval", "--model", str(bundle), "--n", "1", "--steps", "1", "--videos", str(tmp_path / "ev"),
+            "--size", "48x32", "--frames", "9"]
+    assert main(argv) == 0
+    assert read_video(tmp_path / "ev" / "00000.mp4").frames.shape == (9, 32, 48, 3)
+    capsys.readouterr()
+    assert main(["eval", "--videos", str(tmp_path / "ev"), "--prompts", str(tmp_path / "ev" / "prompts.txt"),
+                 "--size", "48x32"]) == 2
+    assert "--size" in capsys.readouterr().err
+
+
 def test_request_beyond_free_memory_is_refused_with_the_estimate(bundle, monkeypatch, tmp_path, capsys):
     import videodit.pipeline as pipeline
 

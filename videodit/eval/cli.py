@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--steps", type=int, default=None, help="with --model: sampler steps (default: the bundle's)")
     gen.add_argument("--guidance", type=float, default=None, help="with --model: guidance (default: the bundle's)")
     gen.add_argument("--seed", type=int, default=0, help="with --model: seed of video i is SEED + i (default 0)")
+    gen.add_argument("--size", default=None, help="with --model: video size WxH, e.g. 80x48 (default: the bundle's)")
+    gen.add_argument("--frames", type=int, default=None, help="with --model: frames, 4k+1 (default: the bundle's)")
     p.add_argument("--json", default=None, help="write per-video results and the table here")
     p.add_argument("--html", default=None, help="write a self-contained HTML report here")
     p.add_argument("--fps", type=float, default=None,
@@ -74,6 +76,7 @@ def generate_for_eval(args: argparse.Namespace) -> None:
     from videodit.pipeline import Pipeline
     from videodit.train.dit import eval_prompts
     from videodit.video import write_video
+    from videodit.world.scene import parse_size
 
     if args.prompts is not None and args.n is not None:
         raise VideoditError("give --prompts FILE or --n N with --model, not both")
@@ -83,9 +86,11 @@ def generate_for_eval(args: argparse.Namespace) -> None:
     prompts = read_prompts(args.prompts) if args.prompts else eval_prompts(n)
     folder = Path(args.videos or "eval_videos")
     folder.mkdir(parents=True, exist_ok=True)
+    size = parse_size(args.size, name="size") if args.size else None
     pipe = Pipeline.load(None if args.model == "bundled" else args.model)
     for i, prompt in enumerate(tqdm(prompts, desc="generate", unit="video")):
-        video = pipe(prompt, steps=args.steps, guidance=args.guidance, seed=args.seed + i)
+        video = pipe(prompt, steps=args.steps, guidance=args.guidance, seed=args.seed + i, size=size,
+                     frames=args.frames)
         write_video(folder / f"{i:05d}.mp4", video, fps=pipe.config.fps)
     (folder / "prompts.txt").write_text("\n".join(prompts) + "\n")
     args.videos, args.prompts = str(folder), str(folder / "prompts.txt")
@@ -123,8 +128,8 @@ def _run(args: argparse.Namespace) -> int:
         generate_for_eval(args)
     elif args.videos is None or args.prompts is None:
         raise VideoditError("give --videos DIR --prompts FILE, or --model PATH [--n N] to generate them first")
-    elif args.n is not None:
-        raise VideoditError("--n goes with --model")
+    elif args.n is not None or args.size is not None or args.frames is not None:
+        raise VideoditError("--n, --size and --frames go with --model")
     folder = Path(args.videos)
     if not folder.is_dir():
         raise VideoditError(f"--videos {folder}: no such folder")
