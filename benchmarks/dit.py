@@ -208,7 +208,7 @@ def main():
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  device: {device}  cpu: {model_name}  threads: "
           f"{torch.get_num_threads()}  torch {torch.__version__}  diffusers {diffusers.__version__}")
     print(f"# shape: {SHAPE}  batch {batch}  runs {runs} (median)  warm-up {warmup}  "
-          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
+          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}  load average {os.getloadavg()[0]:.2f}")
 
     cases, ours, peer = make_cases(batch, device)
     n_ours = sum(p.numel() for p in ours.parameters())
@@ -245,6 +245,7 @@ def main():
         summary[kind] = (peer_t / ours_t, result[f"ours {kind}-{ours_p}"][1] / peak)
         print(f"# {kind}: ours best {ours_p} {ours_t * 1e3:.1f} ms, peer best {peer_p} {peer_t * 1e3:.1f} ms, "
               f"speedup {peer_t / ours_t:.2f}x")
+    print(f"# load average now {os.getloadavg()[0]:.2f}")
     if args.profile:
         profile(cases[3][0])
     print(f"SUMMARY speedup_infer={summary['infer'][0]:.2f} speedup_train={summary['train'][0]:.2f} "

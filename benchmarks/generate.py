@@ -1,7 +1,8 @@
 """End-to-end generation time with a model bundle, split into load / text / sampling / decode.
 
     python benchmarks/generate.py --model runs/dit/bundle --runs 5
-    python benchmarks/generate.py                # the bundled model, once one ships
+    python benchmarks/generate.py                # the bundled model
+    python benchmarks/generate.py --cold 0 --profile   # where a sampling run's time goes
 
 Each run is one `Pipeline` call at the bundle's default settings (frames, size, steps, guidance),
 seed = run index, after one warm-up call. Prints medians over the runs, the peak resident memory
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="timed generations after one warm-up")
     parser.add_argument("--cold", type=int, default=3, help="cold `videodit generate` commands to time (0 = skip)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one sampling run")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
@@ -50,7 +52,7 @@ def main() -> None:
     cfg = pipe.config
     print(f"bundle: {args.model or 'bundled'}; {cfg.frames} frames at {cfg.size[0]}x{cfg.size[1]}, "
           f"{cfg.sampler.steps} {cfg.sampler.solver} steps, guidance {cfg.sampler.guidance}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.2f}")
 
     prompt = "A small red circle moves to the right on a black background."
     times = {"text": [], "sampling": [], "decode": []}
@@ -72,6 +74,12 @@ def main() -> None:
     print(f"load {load_s:.2f} s (once, with imports)")
     for k, v in med.items():
         print(f"{k:9s} {v:.3f} s  (median of {args.runs}; min {min(times[k]):.3f}, max {max(times[k]):.3f})")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            pipe.generate_latents([prompt], frames=cfg.frames, size=cfg.size, sampler=pipe.sampler(seed=0))
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
     rss = peak_rss_mb()
     print(f"peak RSS {rss:.0f} MB")
 
@@ -88,6 +96,7 @@ def main() -> None:
                 runs.append(time.perf_counter() - a)
         cold = statistics.median(runs)
         print(f"cold `videodit generate`: {cold:.2f} s (median of {args.cold})")
+    print(f"load average now {os.getloadavg()[0]:.2f}")
     print(f"SUMMARY sample_decode_s={med['sampling'] + med['decode']:.3f} cold_command_s={cold:.2f} "
           f"peak_rss_mb={rss:.0f}")
 
