@@ -10,7 +10,7 @@ at 64x64, and sizes 64, 128, 256 at 17 frames (320 to 5120 tokens).
 
 Per shape, in a fresh process (so its peak RSS is the shape's own):
   sampling step  one guided Euler step at batch 1: the DiT forward on the [cond; uncond] batch
-                 of 2, bf16 autocast, inference mode, text K/V precomputed (as videodit.sample does)
+                 of 2, bf16 autocast, no_grad, text K/V precomputed (as videodit.sample does)
   training step  batch 1: forward under bf16 autocast, flow loss, backward, AdamW step
 Random weights (timing does not depend on them), 32 text tokens. A shape whose peak RSS,
 extrapolated from the smaller shapes of the same preset (linearly; see fit_rss), would
@@ -74,7 +74,7 @@ def measure(preset: str, frames: int, size: int, warmup: int, runs: int) -> dict
     text2 = torch.cat([text, torch.zeros_like(text)])
     mask2 = torch.cat([mask, torch.zeros_like(mask)])
     times = []
-    with torch.inference_mode(), autocast:
+    with torch.no_grad(), autocast:  # no_grad: autocast then casts the weights once (videodit.sample)
         kv = dit.text_kv(text2, mask2)
         for i in range(warmup + runs):
             t0 = time.perf_counter()
