@@ -21,7 +21,8 @@ step s is s * N batches.
 
 Latent cache (``--latent-cache N``): N training clips are rendered and encoded once, kept in
 OUT/latents-rankR.pt (bf16, rebuilt when the VAE or the data settings change), and visited in
-shuffled epochs; text embeddings are cached by the text encoder's LRU cache either way. On a CPU
+shuffled epochs, with their captions' text embeddings (without a cache, the text encoder's LRU
+cache serves repeated captions). On a CPU
 this saves the VAE encode of every step; on a GPU it removes the SynthWorld rendering bottleneck.
 
 Outputs under ``out``: checkpoint.pt (full state, atomic), log.csv (loss, lr, grad norm, it/s),
@@ -175,7 +176,14 @@ def training_inputs(latents: torch.Tensor, captions: list[str], cfg: DiTTrainCon
     shift = flow.resolution_shift((T // pt) * (h // ph) * (w // pw))
     t = flow.shift_time(flow.logit_normal((B, 1), cfg.t_mean, cfg.t_std, generator=gen), shift)  # (B, 1)
     t = torch.where(cond, 0.0, t.expand(B, T))  # (B, T): conditioning frames are clean
-    noise = torch.randn(latents.shape, generator=gen).to(latents.device)
+    if latents.device.type == "cpu":
+        noise = torch.randn(latents.shape, generator=gen)
+    else:
+        # Drawn on the device (host-side randn of millions of values was a GPU run's bottleneck)
+        # from a seed drawn from ``gen``: still a pure function of (seed, step, rank) per device type.
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        device_gen = torch.Generator(device=latents.device).manual_seed(seed)
+        noise = torch.randn(latents.shape, generator=device_gen, device=latents.device)
     t, cond = t.to(latents.device), cond.to(latents.device)
     x_t, v = flow.interpolate(latents, noise, t)
     return x_t, t, v, ~cond, captions
@@ -252,15 +260,18 @@ def _encode(vae, video: torch.Tensor, autocast) -> torch.Tensor:
 
 
 def streamed_batches(cfg: DiTTrainConfig, plan: dict, vae, device, autocast, step: int, world: int):
-    """(latents, captions, bucket) for every batch from batch ``step`` on: render and encode each."""
+    """(latents, captions, bucket, None) for every batch from batch ``step`` on: render and encode
+    each; the loop encodes the captions (after dropout) with the text encoder."""
     for batch in _stream(cfg, plan, step * world):
-        yield _encode(vae, batch["video"].to(device), autocast), batch["caption"], batch["bucket"]
+        yield _encode(vae, batch["video"].to(device), autocast), batch["caption"], batch["bucket"], None
 
 
-def cached_batches(cfg: DiTTrainConfig, plan: dict, vae, device, autocast, step: int, rank: int, out: Path):
-    """(latents, captions, bucket) for every batch from batch ``step`` on, drawn from about
-    ``cfg.latent_cache`` clips encoded once: epoch e visits the cached batches in a permutation
-    seeded by (seed, e, rank), so the batch of a step does not depend on where a run resumed."""
+def cached_batches(cfg: DiTTrainConfig, plan: dict, vae, text, device, autocast, step: int, rank: int, out: Path):
+    """(latents, captions, bucket, (text tokens, text mask)) for every batch from batch ``step``
+    on, drawn from about ``cfg.latent_cache`` clips encoded once, their captions' embeddings too
+    (bf16; a GPU run spent more time tokenising captions than training): epoch e visits the cached
+    batches in a permutation seeded by (seed, e, rank), so the batch of a step does not depend on
+    where a run resumed."""
     import torch
     from tqdm import tqdm
 
@@ -270,10 +281,10 @@ def cached_batches(cfg: DiTTrainConfig, plan: dict, vae, device, autocast, step:
     path = out / f"latents-rank{rank}.pt"
     key = {"vae": to_dict(vae.cfg), "vae_sum": float(sum(p.double().sum() for p in vae.parameters())),
            "data": [cfg.seed, list(cfg.sizes), list(cfg.frames), cfg.batch_size, cfg.tokens_per_batch,
-                    cfg.latent_cache]}
+                    cfg.latent_cache], "text": [cfg.text_encoder, text.config.max_length]}
     cache = torch.load(path, weights_only=True) if path.exists() else None
     if cache is None or cache["key"] != key:
-        latents, captions, buckets = [], [], []
+        latents, captions, buckets, tokens, masks = [], [], [], [], []
         stream = _stream(cfg, plan, 0)
         with tqdm(total=cfg.latent_cache, desc="encoding latent cache", disable=rank != 0, dynamic_ncols=True) as bar:
             while bar.n < cfg.latent_cache:
@@ -281,8 +292,12 @@ def cached_batches(cfg: DiTTrainConfig, plan: dict, vae, device, autocast, step:
                 latents.append(_encode(vae, batch["video"].to(device), autocast).to("cpu", torch.bfloat16))
                 captions.append(batch["caption"])
                 buckets.append(batch["bucket"])
+                tok, mask = text.encode(batch["caption"])
+                tokens.append(tok.to("cpu", torch.bfloat16))
+                masks.append(mask.cpu())
                 bar.update(len(batch["caption"]))
-        cache = {"key": key, "latents": latents, "captions": captions, "buckets": buckets}
+        cache = {"key": key, "latents": latents, "captions": captions, "buckets": buckets,
+                 "tokens": tokens, "masks": masks}
         tmp = path.with_suffix(".tmp")
         torch.save(cache, tmp)
         tmp.replace(path)
@@ -291,8 +306,22 @@ def cached_batches(cfg: DiTTrainConfig, plan: dict, vae, device, autocast, step:
         epoch, i = divmod(step, n_batches)
         order = torch.randperm(n_batches, generator=torch.Generator().manual_seed((cfg.seed * 7919 + epoch) * 4096 + rank))
         b = int(order[i])
-        yield cache["latents"][b].to(device).float(), cache["captions"][b], cache["buckets"][b]
+        embedded = cache["tokens"][b].to(device).float(), cache["masks"][b].to(device)
+        yield cache["latents"][b].to(device).float(), cache["captions"][b], cache["buckets"][b], embedded
         step += 1
+
+
+def cached_text(embedded: list[tuple[torch.Tensor, torch.Tensor]], captions: list[str]):
+    """Cached (tokens, mask) of one or more batches -> one (B, L, D) / (B, L) pair padded to the
+    longest, with the captions that dropout emptied masked out entirely: the DiT then sees only
+    its null token for them, exactly as for the empty prompt from the text encoder."""
+    import torch
+
+    length = max(tok.shape[1] for tok, _ in embedded)
+    tokens = torch.cat([torch.nn.functional.pad(tok, (0, 0, 0, length - tok.shape[1])) for tok, _ in embedded])
+    mask = torch.cat([torch.nn.functional.pad(m, (0, length - m.shape[1])) for _, m in embedded])
+    dropped = torch.tensor([c == "" for c in captions], device=mask.device)
+    return tokens, mask & ~dropped[:, None]
 
 
 def _log_row(path: Path, row: dict) -> None:
@@ -405,7 +434,7 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
         print(describe_plan(plan, cfg.tokens_per_batch))
     per_step = batches_per_step(cfg)
     if cfg.latent_cache:
-        batches = cached_batches(cfg, plan, vae, device, autocast, step * per_step, dist.rank, out)
+        batches = cached_batches(cfg, plan, vae, text, device, autocast, step * per_step, dist.rank, out)
     else:
         batches = streamed_batches(cfg, plan, vae, device, autocast, step * per_step, dist.world_size)
     seen = dict.fromkeys(("{}x{}x{}".format(*k) for k in sorted(plan)), 0)  # clips per bucket, this run, rank 0
@@ -418,19 +447,24 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
             if cfg.pack:
                 # Each batch keeps its own random draws (in order, from one generator); the DiT
                 # sees all of them as one packed sequence.
-                drawn, buckets = [], []
+                drawn, buckets, embedded = [], [], []
                 for _ in range(per_step):
-                    latents, captions, bucket = next(batches)
+                    latents, captions, bucket, emb = next(batches)
                     seen[bucket] += len(captions)
                     drawn.append(training_inputs(latents, captions, cfg, gen, model_cfg.patch))
                     buckets.append(bucket)
+                    embedded.append(emb)
                 x_t, t, v_target, loss_mask, captions = (list(z) for z in zip(*drawn))
                 captions, bucket = sum(captions, []), "+".join(buckets)
             else:
-                latents, captions, bucket = next(batches)
+                latents, captions, bucket, emb = next(batches)
                 seen[bucket] += len(captions)
+                embedded = [emb]
                 x_t, t, v_target, loss_mask, captions = training_inputs(latents, captions, cfg, gen, model_cfg.patch)
-            tokens, mask = text.encode(captions)
+            if embedded[0] is not None:
+                tokens, mask = cached_text(embedded, captions)
+            else:
+                tokens, mask = text.encode(captions)
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
