@@ -2,6 +2,7 @@
 
     python benchmarks/prompting.py                                 # the bundled model, 20 samples a row
     python benchmarks/prompting.py --model runs/dit/bundle --n 50 --steps 30 --rows animate loop --json p.json
+    python benchmarks/prompting.py --n 1 --examples docs/prompting     # the example clips in the docs
 
 Every row draws its inputs from the SynthWorld eval split at the bundle's size (sample i, seed 0;
 one-object "single" scenes where a trajectory or a colour swap must be read off), samples with
@@ -10,8 +11,8 @@ seed i, and scores with the evaluator (videodit.eval) and the measurements below
 
   animate   PSNR of frame 0 vs the image >= 30 dB (as decoded: the written frame 0 IS the image)
             and the evaluator's motion metric passes                               target 0.85
-  extend    forward and backward, half a clip given, half generated: colour and shape pass and
-            the trajectory does not jump at the seam (the step across it within 2 px of the
+  extend    forward and backward, half a clip given, half generated: colour and shape pass on
+            the generated frames and the trajectory does not jump at the seam (the step across it within 2 px of the
             scene's true step: one-object scenes are deterministic)
                                                                                    target 0.90
   connect   bridge from A's last frame to B's first (B starts a window - 4 frames after A ends in
@@ -44,6 +45,7 @@ ROWS = ("animate", "extend", "connect", "loop", "edit", "still", "long")
 TARGETS = {"animate": 0.85, "extend": 0.90, "connect": 0.90, "loop": 0.90, "edit": 0.80, "still": 0.95}
 SEAM_JUMP_PX = 2.0
 LONG_FRAMES = 65
+EXAMPLE_QUALITY = 80
 
 
 def frame_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -70,6 +72,19 @@ def seam_jump(path: np.ndarray, truth: np.ndarray, seam: int) -> float:
     return float(np.linalg.norm((path[seam] - path[seam - 1]) - (truth[seam] - truth[seam - 1])))
 
 
+def write_example(path: Path, frames: np.ndarray, fps: float) -> None:
+    """A docs example: lossy animated webp (quality EXAMPLE_QUALITY: lossless noisy 65-frame clips
+    run to 250 KB), or a PNG for one frame. The measurements use the uint8 frames, not these files."""
+    from PIL import Image
+
+    images = [Image.fromarray(f) for f in frames]
+    if len(images) == 1:
+        images[0].save(path)
+        return
+    images[0].save(path, format="WEBP", save_all=True, append_images=images[1:], duration=round(1000 / fps),
+                   loop=0, quality=EXAMPLE_QUALITY, method=6)
+
+
 def nanmean(values) -> float:
     values = [v for v in values if v is not None and np.isfinite(v)]
     return float(np.mean(values)) if values else float("nan")
@@ -91,8 +106,9 @@ def row_animate(pipe, ctx, i):
 
     s = ctx.sample(i, ctx.window)
     video = prompting.animate(pipe, s.caption, s.frames[0], sampler=ctx.sampler(i))
-    decoded0 = pipe.decode_latents(prompting.encode_frames(pipe, s.frames[:1]))[0][0]  # the causal decoder's frame 0
-    db = psnr(decoded0, s.frames[0])
+    ctx.keep(i, "animate_input", s.frames[:1], s.caption)
+    ctx.keep(i, "animate", video, s.caption)
+    db = psnr(video[0], s.frames[0])  # frame 0 as written (the decoding of the exact image latent)
     motion = scores(video, s.caption, ctx.fps).get("motion")
     return {"psnr_frame0_db": db, "motion": motion, "jump_0_1": frame_diff(video[0], video[1]),
             "pass": db >= 30 and motion is not False}
@@ -107,7 +123,10 @@ def row_extend(pipe, ctx, i):
     out = {}
     for direction, clip, seam in (("forward", s.frames[:half], half), ("backward", s.frames[half - 1:], half - 1)):
         video = prompting.extend(pipe, s.caption, clip, direction, new_frames=half - 1, sampler=ctx.sampler(i))
-        sc = scores(video, s.caption, ctx.fps)
+        ctx.keep(i, f"extend_{direction}", video, s.caption)
+        # Colour and shape of the new frames alone: the output holds the given clip untouched, which
+        # would pass them on its own.
+        sc = scores(video[seam:] if direction == "forward" else video[:seam], s.caption, ctx.fps)
         jump = seam_jump(centroids(video, color), centroids(s.frames, color), seam)
         out[direction] = {"color": sc.get("color"), "shape": sc.get("shape"), "seam_jump_px": jump,
                           "pass": bool(sc.get("color") and sc.get("shape") and jump <= SEAM_JUMP_PX)}
@@ -122,6 +141,7 @@ def row_connect(pipe, ctx, i):
     s = ctx.sample(i, ctx.window + 8, family="single")
     a, b = s.frames[:5], s.frames[ctx.window:]  # B[0] sits window - 4 frames after A[-1], as in bridge
     span = prompting.bridge(pipe, s.caption, a, b, sampler=ctx.sampler(i))
+    ctx.keep(i, "connect", np.concatenate([a, span[1:-1], b]), s.caption)  # what prompting.connect returns
     start, end = psnr(span[0], a[-1]), psnr(span[-1], b[0])
     return {"psnr_start_db": start, "psnr_end_db": end, "pass": start >= 28 and end >= 28}
 
@@ -131,6 +151,7 @@ def row_loop(pipe, ctx, i):
 
     s = ctx.sample(i, ctx.window)
     video = prompting.loop(pipe, s.caption, sampler=ctx.sampler(i))
+    ctx.keep(i, "loop", video, s.caption)
     wrap = frame_diff(video[-1], video[0])
     median = statistics.median(frame_diff(video[f], video[f + 1]) for f in range(len(video) - 1))
     return {"wrap_diff": wrap, "median_diff": median, "pass": wrap <= median}
@@ -146,6 +167,8 @@ def row_edit(pipe, ctx, i):
     new = names[(names.index(old) + 1 + i % (len(names) - 1)) % len(names)]
     prompt = s.caption.replace(old, new, 1)
     video = prompting.edit(pipe, prompt, s.frames, ctx.strength, sampler=ctx.sampler(i))
+    ctx.keep(i, "edit_source", s.frames, s.caption)
+    ctx.keep(i, "edit", video, prompt)
     sc = scores(video, prompt, ctx.fps)
     path_old, path_new = centroids(s.frames, old), centroids(video, new)
     kept = nanmean(np.linalg.norm(path_old - path_new, axis=1))
@@ -156,6 +179,7 @@ def row_edit(pipe, ctx, i):
 def row_still(pipe, ctx, i):
     s = ctx.sample(i, 1)
     image = pipe(s.caption, frames=1, seed=ctx.seed + i, steps=ctx.steps, guidance=ctx.guidance)
+    ctx.keep(i, "still", image, s.caption)
     sc = scores(image, s.caption, ctx.fps)
     return {"color": sc.get("color"), "shape": sc.get("shape"), "pass": bool(sc.get("color") and sc.get("shape"))}
 
@@ -165,6 +189,7 @@ def row_long(pipe, ctx, i):
 
     s = ctx.sample(i, ctx.window)
     long = prompting.long_video(pipe, s.caption, LONG_FRAMES, sampler=ctx.sampler(i))
+    ctx.keep(i, "long", long, s.caption)
     short = pipe(s.caption, seed=ctx.seed + i, steps=ctx.steps, guidance=ctx.guidance)
     seams = prompting.window_seams(LONG_FRAMES, ctx.window)
     diffs = [frame_diff(long[f], long[f + 1]) for f in range(len(long) - 1)]
@@ -186,6 +211,16 @@ class Context:
         self.pipe, self.steps, self.guidance, self.seed = pipe, args.steps, args.guidance, args.seed
         self.strength, self.fps = args.strength, pipe.config.fps
         self.window, self.size = pipe.config.frames, tuple(pipe.config.size)
+        self.examples = Path(args.examples) if args.examples else None
+        self.captions = {}  # example file name -> the prompt it was made from
+
+    def keep(self, i, name, frames, prompt):
+        """Write sample 0 of a row to the examples folder: .png for one frame, animated .webp else."""
+        if self.examples is None or i != 0:
+            return
+        path = self.examples / (name + (".png" if len(frames) == 1 else ".webp"))
+        write_example(path, frames, self.fps)
+        self.captions[path.name] = prompt
 
     def sample(self, i, frames, family=None):
         from videodit.world import make_sample
@@ -232,6 +267,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--json", help="write every record and the summary here")
+    ap.add_argument("--examples", metavar="DIR", help="also write each row's sample 0 (seed --seed) here: "
+                    "NAME.webp, NAME.png for one frame, and captions.json")
     args = ap.parse_args(argv)
 
     import torch
@@ -242,6 +279,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     pipe = Pipeline.load(args.model)
     ctx = Context(pipe, args)
+    if ctx.examples:
+        ctx.examples.mkdir(parents=True, exist_ok=True)
     results = {}
     for name in args.rows:
         t0 = time.perf_counter()
@@ -249,6 +288,8 @@ def main(argv=None) -> int:
         results[name] = {"summary": summarize(name, records), "records": records,
                          "seconds": time.perf_counter() - t0}
         print(f"{name:8s} {json.dumps(results[name]['summary'])}  ({results[name]['seconds']:.0f} s)", flush=True)
+    if ctx.examples:
+        (ctx.examples / "captions.json").write_text(json.dumps(ctx.captions, indent=1) + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model or "bundled", "n": args.n, "rows": results},
                                               indent=1, default=str) + "\n")

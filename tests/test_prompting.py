@@ -11,6 +11,7 @@ import torch
 from conftest import make_tiny_bundle
 from videodit import prompting
 from videodit.cli import main
+from videodit.errors import VideoditError
 from videodit.pipeline import Pipeline
 from videodit.video import read_image, read_video, write_image, write_video
 
@@ -121,6 +122,19 @@ def test_long_video_is_its_first_window_then_stitched_windows(pipe):
     assert prompting.window_seams(25, 9) == [9, 17] and prompting.window_seams(25, 9, overlap=2) == [9, 13, 17, 21]
 
 
+def test_loop_is_a_first_pass_then_a_bridge_back_to_its_start(pipe, clip):
+    s = pipe.sampler(steps=1, seed=3)
+    assert prompting.loop_lengths(13, 9) == (9, 9) and prompting.loop_lengths(33, 17) == (21, 17)
+    looped = prompting.loop(pipe, PROMPT, frames=13, image=clip[0], sampler=s)
+    first = prompting.animate(pipe, PROMPT, clip[0], sampler=s)  # the first pass animates the image
+    assert np.array_equal(looped[:9], first)
+    # The closing bridge runs from the pass's last frame into its first 4, seeded past the first pass.
+    closing = prompting.bridge(pipe, PROMPT, first, first, frames=9, sampler=pipe.sampler(steps=1, seed=3 + 9))
+    assert np.array_equal(looped[9:], closing[1:-1])
+    with pytest.raises(VideoditError, match="frames=1: the image would be the whole video"):
+        prompting.animate(pipe, PROMPT, clip[0], frames=1, sampler=s)
+
+
 def test_edit_at_strength_zero_returns_the_clip_through_the_vae(pipe, clip):
     s = pipe.sampler(steps=4)
     through_vae = pipe.decode_latents(prompting.encode_frames(pipe, np.concatenate([clip, clip[-1:] .repeat(2, 0)])))
@@ -191,6 +205,7 @@ def test_cli_still_image_is_a_png_and_resize_note(bundle, files, tmp_path, capsy
     (["--video", "{image}", "--extend", "backward"], "needs at least 4"),
     (["--image", "{image}", "-o", "{png}"], "a .png holds one frame"),
     (["--frames", "24"], "nearest: 21 or 25"),
+    (["--image", "{image}", "--frames", "1", "-o", "{png}"], "frames=1: the image would be the whole video"),
 ])
 def test_bad_input_gets_a_one_line_error(bundle, files, tmp_path, capsys, flags, message):
     names = dict(files, missing=tmp_path / "missing.png", png=tmp_path / "x.png")

@@ -208,6 +208,9 @@ def animate(pipe: Pipeline, prompt: str, image: np.ndarray | None = None, last_i
     if image is None and last_image is None:
         raise VideoditError("animate: give an image, a last image or both")
     sampler, size, frames = _settings(pipe, sampler, size, frames)
+    if frames == 1:
+        raise VideoditError("frames=1: the image would be the whole video, nothing is left to generate; "
+                            f"animate with {TEMPORAL_STRIDE + 1} frames or more")
     shape = pipe.latent_shape(frames, size)
     first = None if image is None else _image(image, size, "image")
     lead = None if first is None else encode_frames(pipe, first[None])
