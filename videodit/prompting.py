@@ -388,7 +388,8 @@ def edit(pipe: Pipeline, prompt: str, clip: np.ndarray, strength: float = DEFAUL
     prompts = [prompt] if sampler.guidance == 1.0 else [prompt, negative]
     text, mask = pipe.encode_prompts(prompts)
     autocast = torch.autocast(pipe.device.type, torch.bfloat16, enabled=sampler.bf16)
-    with torch.inference_mode(), autocast:
+    # no_grad, not inference_mode: autocast keeps its bf16 weight casts across steps only there (sample.py).
+    with torch.no_grad(), autocast:
         velocity = guided_velocity(pipe.dit, pipe.dit.text_kv(text.to(pipe.device), mask.to(pipe.device)),
                                    sampler.guidance)
         latents = solve(velocity, x, timesteps, sampler.solver).float()
