@@ -311,3 +311,26 @@ def test_bundled_vae_reconstructs_held_out_synthworld():
     with torch.no_grad():
         recon = tensor_to_frames(vae.decode(vae.encode(frames_to_tensor(clips))).clamp(-1, 1))
     assert np.mean([psnr(a, b) for a, b in zip(clips, recon)]) > 32
+
+
+def test_decoder_only_training_keeps_encoder_and_latent_stats(tmp_path, capsys):
+    """--decoder-only: the encoder's weights and the latent shift/scale are --init's exactly, so a
+    DiT trained on those latents stays valid; the decoder does learn."""
+    from safetensors.torch import load_file
+
+    from videodit.cli import main
+
+    common = ["--preset", "tiny", "--batch-size", "1", "--width", "32", "--height", "32", "--frames", "5",
+              "--stats-batches", "1", "--device", "cpu", "--threads", "1", "--lr", "1e-3"]
+    assert main(["train-vae", "--out", str(tmp_path / "a"), "--steps", "2", *common]) == 0
+    init = tmp_path / "a" / "bundle"
+    assert main(["train-vae", "--out", str(tmp_path / "b"), "--steps", "3", "--init", str(init),
+                 "--decoder-only", *common]) == 0
+    before, after = load_file(init / "model.safetensors"), load_file(tmp_path / "b" / "bundle" / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    a, b = VideoVAE.from_pretrained(init).cfg, VideoVAE.from_pretrained(tmp_path / "b" / "bundle").cfg
+    assert (a.latent_shift, a.latent_scale) == (b.latent_shift, b.latent_scale)
+    capsys.readouterr()
+    assert main(["train-vae", "--out", str(tmp_path / "c"), "--decoder-only", *common]) == 2
+    assert "--decoder-only needs --init" in capsys.readouterr().err

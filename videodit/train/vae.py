@@ -74,6 +74,9 @@ class VAETrainConfig:
         "help": "start from this VAE bundle's weights (model and EMA; e.g. the bundled VAE, to continue its "
                 "training on a fresh machine) instead of a random init; a checkpoint to resume wins"})
     stats_batches: int = field(default=8, metadata={"help": "batches used to measure the latent scale/shift"})
+    decoder_only: bool = field(default=False, metadata={
+        "help": "train only the decoder, from --init: the encoder, hence the latent space and its "
+                "shift/scale, stay exactly as --init has them, so a DiT trained on those latents stays valid"})
 
     def check(self) -> None:
         from videodit.vae import PRESETS
@@ -91,6 +94,8 @@ class VAETrainConfig:
             raise VideoditError(f"--width/--height {self.width}x{self.height}: must be multiples of {s}")
         if self.steps < 1 or self.batch_size < 1:
             raise VideoditError("--steps and --batch-size must be >= 1")
+        if self.decoder_only and not self.init:
+            raise VideoditError("--decoder-only needs --init BUNDLE: the encoder it keeps must come from somewhere")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,8 +260,11 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
 
     torch.manual_seed(cfg.seed)
     model = VideoVAE(vae_cfg).to(device)
+    if cfg.decoder_only:
+        model.encoder.requires_grad_(False)  # no gradient, no optimizer state: its weights never move
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.99),
+                            weight_decay=cfg.weight_decay)
     run_config = {"train": to_dict(cfg), "model": to_dict(vae_cfg)}
 
     step, data_position = 0, 0
@@ -354,7 +362,14 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
         checkpoint()
         log_file.close()
         stats_batches = (b.to(device) for _, b in zip(range(cfg.stats_batches), _batches(make_stream, 0, cfg)))
-        shift, scale = latent_stats(ema, stats_batches)
+        if cfg.decoder_only:  # the encoder is --init's: so are its latents' statistics
+            from videodit.train.checkpoint import read_bundle_config
+            from videodit.vae import VAEConfig
+
+            init_cfg = read_bundle_config(VAEConfig, cfg.init, "VAE")
+            shift, scale = init_cfg.latent_shift, init_cfg.latent_scale
+        else:
+            shift, scale = latent_stats(ema, stats_batches)
         final = VideoVAE(with_latent_stats(vae_cfg, shift, scale))
         final.load_state_dict(ema.state_dict())
         final.save_pretrained(bundle)
