@@ -520,3 +520,16 @@ def test_family_error_names_the_frame_counts_that_fit():
         make_sample("eval", 0, family="occlusion", width=48, height=80, frames=17)
     with pytest.raises(VideoditError, match=r"at 64x64 it needs 5 to \d+ frames$"):
         make_sample("train", 0, family="collision", width=64, height=64, frames=1)
+
+
+def test_model_card_phrasings_never_appear_in_training_captions():
+    """docs/model/phrasings.txt measures prompts never seen in training (issue 8): none of them may
+    be a caption, paraphrase or short prompt of a training scene."""
+    from pathlib import Path
+
+    mine = {line.strip().lower() for line in
+            (Path(__file__).resolve().parents[1] / "docs" / "model" / "phrasings.txt").read_text().splitlines()}
+    assert len(mine) == 50
+    for i in range(1000):
+        s = make_sample("train", i, 0, frames=1)
+        assert not {c.lower() for c in (s.caption, *s.paraphrases, *s.short)} & mine, i
