@@ -111,3 +111,17 @@ def test_without_a_bundled_model_generate_says_so(capsys, monkeypatch, tmp_path)
     monkeypatch.setattr(pipeline, "BUNDLED", tmp_path / "bundle")  # as in a release without a DiT
     assert main(["generate", "a red ball", "-o", str(tmp_path / "v.mp4")]) == 2
     assert "ships no trained text-to-video model" in capsys.readouterr().err
+
+
+def test_bundled_model_generates_the_prompted_background(one_thread):
+    """Regression guard for the shipped DiT (docs/MODEL.md: background 1.00 on 300 eval prompts):
+    it loads without --model and paints the background the prompt names."""
+    from videodit.eval.metrics import score_video
+    from videodit.pipeline import Pipeline
+
+    pipe = Pipeline.load()
+    for background in ("white", "black"):
+        prompt = f"A red circle moves to the right on a {background} background."
+        frames = pipe(prompt, seed=0)
+        assert frames.shape == (17, 64, 64, 3)
+        assert score_video(frames, prompt, fps=pipe.config.fps).metrics["background"].passed, background
