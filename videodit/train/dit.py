@@ -444,23 +444,19 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
     try:
         while step < cfg.steps:
             gen = step_generator(cfg, step, dist.rank)
-            if cfg.pack:
-                # Each batch keeps its own random draws (in order, from one generator); the DiT
-                # sees all of them as one packed sequence.
-                drawn, buckets, embedded = [], [], []
-                for _ in range(per_step):
-                    latents, captions, bucket, emb = next(batches)
-                    seen[bucket] += len(captions)
-                    drawn.append(training_inputs(latents, captions, cfg, gen, model_cfg.patch))
-                    buckets.append(bucket)
-                    embedded.append(emb)
-                x_t, t, v_target, loss_mask, captions = (list(z) for z in zip(*drawn))
-                captions, bucket = sum(captions, []), "+".join(buckets)
-            else:
+            # One batch, or with --pack N batches that each keep their own random draws (in order,
+            # from one generator) and that the DiT sees as one packed sequence.
+            drawn, buckets, embedded = [], [], []
+            for _ in range(per_step):
                 latents, captions, bucket, emb = next(batches)
                 seen[bucket] += len(captions)
-                embedded = [emb]
-                x_t, t, v_target, loss_mask, captions = training_inputs(latents, captions, cfg, gen, model_cfg.patch)
+                drawn.append(training_inputs(latents, captions, cfg, gen, model_cfg.patch))
+                buckets.append(bucket)
+                embedded.append(emb)
+            x_t, t, v_target, loss_mask, captions = (list(z) for z in zip(*drawn))
+            captions, bucket = sum(captions, []), "+".join(buckets)
+            if not cfg.pack:
+                x_t, t, v_target, loss_mask = x_t[0], t[0], v_target[0], loss_mask[0]
             if embedded[0] is not None:
                 tokens, mask = cached_text(embedded, captions)
             else:
