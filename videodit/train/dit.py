@@ -101,6 +101,9 @@ class DiTTrainConfig:
         "help": "start from the DiT weights of this model bundle ('bundled' = the one shipped in the "
                 "package) instead of a random init, e.g. to continue the bundled model's training on a "
                 "fresh machine; a checkpoint to resume wins"})
+    square_crop: bool = field(default=False, metadata={
+        "help": "train on the centre square of every clip (side = its shorter side) instead of its native "
+                "size: the square-crop baseline of Sora's native-size comparison (docs/SIZES.md)"})
 
     def check(self) -> None:
         from videodit.dit import PRESETS
@@ -205,12 +208,14 @@ def bucket_plan(cfg: DiTTrainConfig, vae_stride: int, patch: tuple[int, int, int
         w, h = parse_size(size, name="sizes")
         for f in cfg.frames:
             T = (f - 1) // 4 + 1
+            if cfg.square_crop:
+                w = h = min(w, h)
             if w % (vae_stride * pw) or h % (vae_stride * ph) or T % pt:
                 raise VideoditError(f"bucket {w}x{h}x{f}: sizes must be multiples of {vae_stride * pw} "
                                     f"(VAE stride x patch) and latent frames of {pt}")
             tokens = (T // pt) * (h // vae_stride // ph) * (w // vae_stride // pw)
             batch = max(1, cfg.tokens_per_batch // (tokens * batches_per_step(cfg))) if cfg.tokens_per_batch else cfg.batch_size
-            entry = plan.setdefault((w, h, f), {"tokens": tokens, "batch": batch, "odds": 0.0})
+            entry = plan.setdefault(_parse_size(size) + (f,), {"tokens": tokens, "batch": batch, "odds": 0.0})
             entry["odds"] += 1.0 / (len(cfg.sizes) * len(cfg.frames))
     return plan
 
@@ -251,10 +256,21 @@ def _stream(cfg: DiTTrainConfig, plan: dict, start_batch: int):
     yield from loader
 
 
-def _encode(vae, video: torch.Tensor, autocast) -> torch.Tensor:
-    """Pixels (B, 3, F, H, W) -> normalised fp32 latents (B, c, T, h, w), as the DiT sees them."""
+def centre_square(video: torch.Tensor) -> torch.Tensor:
+    """(..., H, W) -> (..., S, S), the centred square of side S = min(H, W)."""
+    H, W = video.shape[-2:]
+    S = min(H, W)
+    y0, x0 = (H - S) // 2, (W - S) // 2
+    return video[..., y0:y0 + S, x0:x0 + S]
+
+
+def _encode(vae, video: torch.Tensor, autocast, square: bool = False) -> torch.Tensor:
+    """Pixels (B, 3, F, H, W) -> normalised fp32 latents (B, c, T, h, w), as the DiT sees them
+    (of the centre square with ``square``)."""
     import torch
 
+    if square:
+        video = centre_square(video)
     with torch.no_grad(), autocast:
         return vae.normalize(vae.encode(video)).float()
 
@@ -263,7 +279,7 @@ def streamed_batches(cfg: DiTTrainConfig, plan: dict, vae, device, autocast, ste
     """(latents, captions, bucket, None) for every batch from batch ``step`` on: render and encode
     each; the loop encodes the captions (after dropout) with the text encoder."""
     for batch in _stream(cfg, plan, step * world):
-        yield _encode(vae, batch["video"].to(device), autocast), batch["caption"], batch["bucket"], None
+        yield _encode(vae, batch["video"].to(device), autocast, cfg.square_crop), batch["caption"], batch["bucket"], None
 
 
 def cached_batches(cfg: DiTTrainConfig, plan: dict, vae, text, device, autocast, step: int, rank: int, out: Path):
@@ -281,7 +297,7 @@ def cached_batches(cfg: DiTTrainConfig, plan: dict, vae, text, device, autocast,
     path = out / f"latents-rank{rank}.pt"
     key = {"vae": to_dict(vae.cfg), "vae_sum": float(sum(p.double().sum() for p in vae.parameters())),
            "data": [cfg.seed, list(cfg.sizes), list(cfg.frames), cfg.batch_size, cfg.tokens_per_batch,
-                    cfg.latent_cache], "text": [cfg.text_encoder, text.config.max_length]}
+                    cfg.latent_cache] + (["square"] if cfg.square_crop else []), "text": [cfg.text_encoder, text.config.max_length]}
     cache = torch.load(path, weights_only=True) if path.exists() else None
     if cache is None or cache["key"] != key:
         latents, captions, buckets, tokens, masks = [], [], [], [], []
@@ -289,7 +305,7 @@ def cached_batches(cfg: DiTTrainConfig, plan: dict, vae, text, device, autocast,
         with tqdm(total=cfg.latent_cache, desc="encoding latent cache", disable=rank != 0, dynamic_ncols=True) as bar:
             while bar.n < cfg.latent_cache:
                 batch = next(stream)
-                latents.append(_encode(vae, batch["video"].to(device), autocast).to("cpu", torch.bfloat16))
+                latents.append(_encode(vae, batch["video"].to(device), autocast, cfg.square_crop).to("cpu", torch.bfloat16))
                 captions.append(batch["caption"])
                 buckets.append(batch["bucket"])
                 tok, mask = text.encode(batch["caption"])
@@ -432,6 +448,9 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
     plan = bucket_plan(cfg, vae.cfg.spatial_stride, model_cfg.patch)
     if dist.is_main:
         print(describe_plan(plan, cfg.tokens_per_batch))
+        if cfg.square_crop:
+            print("--square-crop: every clip is cut to its centre square before encoding "
+                  "(token counts above are the crops')")
     per_step = batches_per_step(cfg)
     if cfg.latent_cache:
         batches = cached_batches(cfg, plan, vae, text, device, autocast, step * per_step, dist.rank, out)
