@@ -193,3 +193,24 @@ def test_ground_truth_sweep_40_per_family_mp4(tmp_path):
             pairs += [(frames, s.caption), (frames, s.paraphrases[i % len(s.paraphrases)]),
                       (frames, s.short[i % len(s.short)])]
     _assert_ground_truth(_pass_rates(pairs))
+
+
+def test_framing_stats_see_objects_at_the_border_their_spread_and_travel():
+    from videodit.eval.framing import framing_stats
+    from videodit.world.palette import COLORS
+
+    def clip(x0s, width=80, height=48, side=8):
+        frames = np.zeros((len(x0s), height, width, 3), np.uint8)
+        for f, x0 in enumerate(x0s):
+            frames[f, 20:20 + side, x0:x0 + side] = COLORS["red"]
+        return frames
+
+    inside = framing_stats([clip([30] * 4)])
+    assert inside["edge_frames"] == 0 and inside["travel"] == 0 and inside["spread"] == 0
+    moving = framing_stats([clip([8, 24, 40, 56])])  # 48 px to the right over the clip
+    assert moving["edge_frames"] == 0 and moving["travel"] == pytest.approx(48 / 80, abs=0.01)
+    assert moving["spread"] == pytest.approx(48 / 80, abs=0.01)
+    cut = framing_stats([clip([0, 30, 30, 72])])  # at the left border, then at the right one
+    assert cut["edge_frames"] == pytest.approx(0.5)
+    tall = framing_stats([clip([30] * 2, width=48, height=80)])  # vertical frames measure along y
+    assert tall["edge_frames"] == 0 and tall["videos"] == 1

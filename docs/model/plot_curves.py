@@ -13,6 +13,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 here = Path(__file__).resolve().parent
 dit = list(csv.DictReader(open(here / "dit_train_log.csv")))
 vae = list(csv.DictReader(open(here / "vae_finetune_log.csv")))
+# Session 3: the DiT continued from step 2300 (--init bundled, other clips), and the VAE's decoder
+# fine-tuned alone (--decoder-only); both logs count their steps from 0.
+more = list(csv.DictReader(open(here / "dit_continue_log.csv")))
+for r in more:
+    r["step"] = str(int(r["step"]) + 2300)
+dit += more
+dec = list(csv.DictReader(open(here / "vae_decoder_log.csv")))
 
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
 ax = axes[0]
@@ -23,13 +30,20 @@ for frames, colour in (("1", "tab:blue"), ("9", "tab:orange"), ("17", "tab:green
 ax.set(title="DiT flow-matching loss (logged batch)", xlabel="step", ylabel="loss", yscale="log")
 ax.axvline(1456, color="gray", lw=0.8, ls="--")
 ax.text(1470, ax.get_ylim()[1] * 0.7, "restart", fontsize=8, color="gray")
+ax.axvline(2300, color="gray", lw=0.8, ls=":")
+ax.text(2320, ax.get_ylim()[1] * 0.45, "session 3", fontsize=8, color="gray")
 ax.legend(fontsize=7)
 ax = axes[1]
 ax.plot([int(r["step"]) for r in dit], [float(r["lr"]) for r in dit], color="tab:purple")
 ax.set(title="DiT learning rate", xlabel="step")
 ax = axes[2]
-ax.plot([int(r["step"]) for r in vae], [float(r["psnr"]) for r in vae], color="tab:green")
-ax.set(title="VAE fine-tune: training-batch PSNR (dB)", xlabel="step")
+ax.plot([int(r["step"]) for r in vae], [float(r["psnr"]) for r in vae], color="tab:green",
+        label="whole VAE, batch 16")
+end = int(vae[-1]["step"])
+ax.plot([end + int(r["step"]) for r in dec], [float(r["psnr"]) for r in dec], color="tab:olive",
+        label="decoder only, batch 32 (session 3)")
+ax.set(title="VAE fine-tunes (GPU): batch PSNR, dB", xlabel="step")
+ax.legend(fontsize=7)
 fig.tight_layout()
 fig.savefig(here / "curves.png", dpi=90)
 print("wrote", here / "curves.png")
