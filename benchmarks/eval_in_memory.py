@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the bundle's)")
     ap.add_argument("--guidance", type=float, default=None, help="guidance (default: the bundle's)")
+    ap.add_argument("--shift", type=float, default=None,
+                    help="sampler timestep shift (default: the bundle's, i.e. resolution-aware)")
     ap.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
     ap.add_argument("--json", required=True, help="write the results here")
     args = ap.parse_args()
@@ -49,6 +51,10 @@ def main() -> None:
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     pipe = Pipeline.load(None if args.model == "bundled" else args.model, device=device)
+    if args.shift is not None:
+        import dataclasses
+
+        pipe.config = dataclasses.replace(pipe.config, sampler=dataclasses.replace(pipe.config.sampler, shift=args.shift))
     size = parse_size(args.size, name="size") if args.size else pipe.config.size
     frames = args.frames or pipe.config.frames
     prompts = eval_prompts(args.n)
@@ -64,7 +70,7 @@ def main() -> None:
     report = result.to_json()
     report["framing"] = {"generated": framing_stats(videos), "truth": framing_stats(truth)}
     report["setup"] = {"model": args.model, "size": f"{size[0]}x{size[1]}", "frames": frames, "n": args.n,
-                       "batch": args.batch, "seed": args.seed, "device": device, "generate_s": round(t_gen, 1)}
+                       "batch": args.batch, "seed": args.seed, "device": device, "shift": args.shift, "generate_s": round(t_gen, 1)}
     Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     print(result.score_line())
     print("framing", json.dumps(report["framing"]), f"generate {t_gen:.1f} s")
