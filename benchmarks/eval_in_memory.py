@@ -68,7 +68,7 @@ def main() -> None:
     result = evaluate(videos, prompts, fps=pipe.config.fps)
     truth = [make_sample("eval", i, 0, width=size[0], height=size[1], frames=frames).frames for i in range(args.n)]
     report = result.to_json()
-    report["framing"] = {"generated": framing_stats(videos), "truth": framing_stats(truth)}
+    report["framing"] = {"generated": framing_stats(videos, per_video=True), "truth": framing_stats(truth)}
     report["setup"] = {"model": args.model, "size": f"{size[0]}x{size[1]}", "frames": frames, "n": args.n,
                        "batch": args.batch, "seed": args.seed, "device": device, "shift": args.shift, "generate_s": round(t_gen, 1)}
     Path(args.json).write_text(json.dumps(report, indent=1) + "\n")

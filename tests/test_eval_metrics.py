@@ -212,5 +212,7 @@ def test_framing_stats_see_objects_at_the_border_their_spread_and_travel():
     assert moving["spread"] == pytest.approx(48 / 80, abs=0.01)
     cut = framing_stats([clip([0, 30, 30, 72])])  # at the left border, then at the right one
     assert cut["edge_frames"] == pytest.approx(0.5)
+    both = framing_stats([clip([30] * 4), clip([0, 30, 30, 72])], per_video=True)
+    assert both["per_video"]["edge_frames"] == [0.0, 0.5] and both["edge_frames"] == pytest.approx(0.25)
     tall = framing_stats([clip([30] * 2, width=48, height=80)])  # vertical frames measure along y
     assert tall["edge_frames"] == 0 and tall["videos"] == 1

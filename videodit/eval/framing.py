@@ -20,8 +20,10 @@ from __future__ import annotations
 import numpy as np
 
 
-def framing_stats(videos) -> dict:
-    """``videos``: uint8 (F, H, W, 3) arrays -> {"edge_frames", "spread", "travel", "videos"}."""
+def framing_stats(videos, per_video: bool = False) -> dict:
+    """``videos``: uint8 (F, H, W, 3) arrays -> {"edge_frames", "spread", "travel", "videos"}; with
+    ``per_video`` also {"per_video": {"edge_frames": [...], "spread": [...], "travel": [...]}} (travel
+    None where a first or last frame shows no object), for paired intervals."""
     from videodit.eval.measure import measure
 
     edge, spread, travel = [], [], []
@@ -41,6 +43,12 @@ def framing_stats(videos) -> dict:
         if first and last:
             a, b = max(first, key=lambda c: c.area), max(last, key=lambda c: c.area)
             travel.append(abs((b.y - a.y) if vertical else (b.x - a.x)) / length)
-    return {"edge_frames": float(np.mean(edge)) if edge else float("nan"),
-            "spread": float(np.mean(spread)) if spread else float("nan"),
-            "travel": float(np.mean(travel)) if travel else float("nan"), "videos": len(edge)}
+        else:
+            travel.append(None)
+    moved = [t for t in travel if t is not None]
+    out = {"edge_frames": float(np.mean(edge)) if edge else float("nan"),
+           "spread": float(np.mean(spread)) if spread else float("nan"),
+           "travel": float(np.mean(moved)) if moved else float("nan"), "videos": len(edge)}
+    if per_video:
+        out["per_video"] = {"edge_frames": edge, "spread": spread, "travel": travel}
+    return out
