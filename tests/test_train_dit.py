@@ -229,3 +229,22 @@ def test_cached_text_with_dropout_matches_encoding_the_dropped_captions():
     with torch.no_grad():
         assert torch.allclose(dit(x, t, tokens, mask), dit(x, t, ref_tokens, ref_mask), atol=1e-5)
     assert mask[0].sum() == 0 and mask[2].sum() == 0 and mask[1].sum() == ref_mask[1].sum()
+
+
+def test_dit_trains_and_generates_on_a_per_channel_normalised_vae(tmp_path, tiny_vae):
+    """A VAE bundle with per-channel latent statistics (train-vae --per-channel-latents) works through
+    DiT training (latent cache included) and generation; its normalize is not the global one."""
+    from videodit.pipeline import Pipeline
+    from videodit.vae import with_latent_stats
+
+    base = VideoVAE.from_pretrained(tiny_vae)
+    channels = base.cfg.latent_channels
+    vae = VideoVAE(with_latent_stats(base.cfg, [0.1 * c for c in range(channels)], [1.0 + c for c in range(channels)]))
+    vae.load_state_dict(base.state_dict())
+    folder = vae.save_pretrained(tmp_path / "vae_pc")
+    z = torch.ones(1, channels, 2, 2, 2)
+    assert not torch.allclose(vae.normalize(z), base.normalize(z))
+    bundle = train_dit(_cfg(tmp_path, folder, steps=2, latent_cache=4))
+    assert VideoVAE.from_pretrained(bundle / "vae").cfg.latent_channel_scale == vae.cfg.latent_channel_scale
+    video = Pipeline.load(bundle)("a red circle", frames=5, size=(32, 32), steps=2)
+    assert video.shape == (5, 32, 32, 3)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -334,3 +335,46 @@ def test_decoder_only_training_keeps_encoder_and_latent_stats(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train-vae", "--out", str(tmp_path / "c"), "--decoder-only", *common]) == 2
     assert "--decoder-only needs --init" in capsys.readouterr().err
+
+
+def test_per_channel_latent_stats_measured_with_steps_0_and_used_by_normalize(tmp_path, capsys):
+    """--init B --steps 0 --per-channel-latents: same weights, one shift/scale per latent channel, so
+    every channel of normalize(z) has mean ~0 and std ~1 on the measured clips; denormalize inverts it;
+    old bundles without the fields still load (global statistics)."""
+    from safetensors.torch import load_file
+
+    from videodit.cli import main
+    from videodit.data.synthworld import SynthWorldConfig, SynthWorldDataset
+
+    common = ["--preset", "tiny", "--batch-size", "2", "--width", "32", "--height", "32", "--frames", "5",
+              "--stats-batches", "2", "--device", "cpu", "--threads", "1"]
+    assert main(["train-vae", "--out", str(tmp_path / "a"), "--steps", "2", *common]) == 0
+    init = tmp_path / "a" / "bundle"
+    assert main(["train-vae", "--out", str(tmp_path / "b"), "--steps", "0", "--init", str(init),
+                 "--per-channel-latents", *common]) == 0
+    out = tmp_path / "b" / "bundle"
+    before, after = load_file(init / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    glob, chan = VideoVAE.from_pretrained(init), VideoVAE.from_pretrained(out)
+    assert not glob.cfg.latent_channel_scale and len(chan.cfg.latent_channel_scale) == chan.cfg.latent_channels
+    clips = SynthWorldDataset(SynthWorldConfig(sizes=("32x32",), frames=(5,)), 4)
+    x = torch.stack([clips[i]["video"] for i in range(4)])
+    with torch.no_grad():
+        z = chan.encode(x)
+    n = chan.normalize(z)
+    assert n.mean((0, 2, 3, 4)).abs().max() < 0.5 and ((n.std((0, 2, 3, 4)) - 1).abs() < 0.5).all()
+    assert torch.allclose(chan.denormalize(n), z, atol=1e-5)
+    capsys.readouterr()
+    assert main(["train-vae", "--out", str(tmp_path / "c"), "--steps", "0", *common]) == 2
+    assert "--steps must be >= 1" in capsys.readouterr().err
+    assert main(["train-vae", "--out", str(tmp_path / "d"), "--init", str(init), "--decoder-only",
+                 "--per-channel-latents", *common]) == 2
+    assert "--per-channel-latents changes the latents" in capsys.readouterr().err
+    # --decoder-only from a per-channel bundle keeps its per-channel statistics
+    assert main(["train-vae", "--out", str(tmp_path / "e"), "--steps", "1", "--init", str(out), "--decoder-only",
+                 *common]) == 0
+    kept = VideoVAE.from_pretrained(tmp_path / "e" / "bundle").cfg
+    assert (kept.latent_channel_shift, kept.latent_channel_scale) == (chan.cfg.latent_channel_shift,
+                                                                        chan.cfg.latent_channel_scale)
+    with pytest.raises(VideoditError, match="need 4 values"):
+        dataclasses.replace(glob.cfg, latent_channel_shift=(0.0,), latent_channel_scale=(1.0,))

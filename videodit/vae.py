@@ -44,6 +44,10 @@ class VAEConfig:
     latent_shift: float = field(default=0.0, metadata={
         "help": "normalize(z) = (z - shift) * scale; measured on data after training"})
     latent_scale: float = field(default=1.0, metadata={"help": "see latent_shift"})
+    latent_channel_shift: tuple[float, ...] = field(default=(), metadata={
+        "help": "per-channel normalisation, one value per latent channel: normalize(z)[c] = (z[c] - "
+                "shift[c]) * scale[c]; when set, used instead of latent_shift / latent_scale"})
+    latent_channel_scale: tuple[float, ...] = field(default=(), metadata={"help": "see latent_channel_shift"})
 
     def __post_init__(self):
         if len(self.channel_mults) < 3:
@@ -52,6 +56,10 @@ class VAEConfig:
         if self.base_channels < 8 or self.latent_channels < 1 or self.num_res_blocks < 0:
             raise VideoditError(f"VAEConfig: invalid sizes base_channels={self.base_channels}, "
                                 f"latent_channels={self.latent_channels}, num_res_blocks={self.num_res_blocks}")
+        shift, scale = self.latent_channel_shift, self.latent_channel_scale
+        if (shift or scale) and not (len(shift) == len(scale) == self.latent_channels and min(scale) > 0):
+            raise VideoditError(f"VAEConfig: latent_channel_shift / latent_channel_scale need {self.latent_channels} "
+                                f"values each (scales > 0), got {len(shift)} and {len(scale)}")
 
     @property
     def spatial_stride(self) -> int:
@@ -378,11 +386,21 @@ class VideoVAE(nn.Module):
         return self.decode(z), mean, logvar
 
     # -- latent normalisation (what the DiT sees) ---------------------------------------------
+    def _latent_stats(self, z: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        """(shift, scale) broadcastable against z (B, C, T, h, w): per channel when the config has them."""
+        if not self.cfg.latent_channel_scale:
+            return self.cfg.latent_shift, self.cfg.latent_scale
+        shape = (1, -1) + (1,) * (z.dim() - 2)
+        return (torch.tensor(self.cfg.latent_channel_shift, device=z.device, dtype=z.dtype).view(shape),
+                torch.tensor(self.cfg.latent_channel_scale, device=z.device, dtype=z.dtype).view(shape))
+
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self.cfg.latent_shift) * self.cfg.latent_scale
+        shift, scale = self._latent_stats(z)
+        return (z - shift) * scale
 
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        return z / self.cfg.latent_scale + self.cfg.latent_shift
+        shift, scale = self._latent_stats(z)
+        return z / scale + shift
 
     # -- bundles --------------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> Path:
@@ -399,8 +417,14 @@ class VideoVAE(nn.Module):
         return model.to(device).eval()
 
 
-def with_latent_stats(cfg: VAEConfig, shift: float, scale: float) -> VAEConfig:
-    return dataclasses.replace(cfg, latent_shift=float(shift), latent_scale=float(scale))
+def with_latent_stats(cfg: VAEConfig, shift, scale) -> VAEConfig:
+    """``cfg`` with measured statistics: floats set the global shift / scale; sequences (one value per
+    channel) set the per-channel ones (and clear nothing else)."""
+    if isinstance(shift, (int, float)):
+        return dataclasses.replace(cfg, latent_shift=float(shift), latent_scale=float(scale),
+                                   latent_channel_shift=(), latent_channel_scale=())
+    return dataclasses.replace(cfg, latent_channel_shift=tuple(float(v) for v in shift),
+                               latent_channel_scale=tuple(float(v) for v in scale))
 
 
 # ---------------------------------------------------------------------------------------------

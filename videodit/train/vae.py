@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -77,6 +78,10 @@ class VAETrainConfig:
     decoder_only: bool = field(default=False, metadata={
         "help": "train only the decoder, from --init: the encoder, hence the latent space and its "
                 "shift/scale, stay exactly as --init has them, so a DiT trained on those latents stays valid"})
+    per_channel_latents: bool = field(default=False, metadata={
+        "help": "measure the latent shift/scale per channel (each channel to mean 0, std 1) instead of one "
+                "for all channels; with --init BUNDLE --steps 0 only the statistics are measured. A DiT "
+                "must be trained on the latents of the VAE it is used with"})
 
     def check(self) -> None:
         from videodit.vae import PRESETS
@@ -92,8 +97,12 @@ class VAETrainConfig:
             raise VideoditError(f"--crop-size {self.crop_size}: must be a multiple of {s} and fit the frame")
         if self.width % s or self.height % s:
             raise VideoditError(f"--width/--height {self.width}x{self.height}: must be multiples of {s}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise VideoditError("--steps and --batch-size must be >= 1")
+        if self.steps < 0 or self.batch_size < 1 or (self.steps == 0 and not self.init):
+            raise VideoditError("--steps must be >= 1 (or 0 with --init: only measure the latent statistics) "
+                                "and --batch-size >= 1")
+        if self.per_channel_latents and self.decoder_only:
+            raise VideoditError("--per-channel-latents changes the latents a DiT sees; --decoder-only keeps "
+                                "--init's statistics (measure them with --init BUNDLE --steps 0 --per-channel-latents)")
         if self.decoder_only and not self.init:
             raise VideoditError("--decoder-only needs --init BUNDLE: the encoder it keeps must come from somewhere")
 
@@ -162,13 +171,16 @@ def lr_at(step: int, cfg: VAETrainConfig, time_fraction: float = 0.0) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def latent_stats(vae: VideoVAE, batches: Iterable[torch.Tensor]) -> tuple[float, float]:
-    """Shift and scale so that normalize(z) has mean 0 and std 1 over the given clips."""
+def latent_stats(vae: VideoVAE, batches: Iterable[torch.Tensor], per_channel: bool = False):
+    """Shift and scale so that normalize(z) has mean 0 and std 1 over the given clips: two floats,
+    or with ``per_channel`` two tuples with one value per latent channel."""
     import torch
 
     with torch.no_grad():
-        zs = [vae.encode(x).flatten() for x in batches]
-    z = torch.cat(zs)
+        zs = [vae.encode(x).transpose(0, 1).flatten(1) for x in batches]  # (C, B * T * h * w) each
+    z = torch.cat(zs, dim=1)
+    if per_channel:
+        return tuple(z.mean(1).tolist()), tuple((1.0 / z.std(1)).tolist())
     return z.mean().item(), 1.0 / z.std().item()
 
 
@@ -367,10 +379,12 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
             from videodit.vae import VAEConfig
 
             init_cfg = read_bundle_config(VAEConfig, cfg.init, "VAE")
-            shift, scale = init_cfg.latent_shift, init_cfg.latent_scale
+            final_cfg = dataclasses.replace(
+                vae_cfg, latent_shift=init_cfg.latent_shift, latent_scale=init_cfg.latent_scale,
+                latent_channel_shift=init_cfg.latent_channel_shift, latent_channel_scale=init_cfg.latent_channel_scale)
         else:
-            shift, scale = latent_stats(ema, stats_batches)
-        final = VideoVAE(with_latent_stats(vae_cfg, shift, scale))
+            final_cfg = with_latent_stats(vae_cfg, *latent_stats(ema, stats_batches, per_channel=cfg.per_channel_latents))
+        final = VideoVAE(final_cfg)
         final.load_state_dict(ema.state_dict())
         final.save_pretrained(bundle)
     return bundle
