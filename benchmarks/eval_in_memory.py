@@ -18,10 +18,10 @@ eval clips rendered at that size ("truth"), for reference.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
-
 
 
 def main() -> None:
@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--json", required=True, help="write the results here")
     args = ap.parse_args()
 
+    import torch
+
     from videodit.eval import evaluate
     from videodit.eval.framing import framing_stats
     from videodit.pipeline import Pipeline
@@ -47,13 +49,9 @@ def main() -> None:
     from videodit.world import make_sample
     from videodit.world.scene import parse_size
 
-    import torch
-
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     pipe = Pipeline.load(None if args.model == "bundled" else args.model, device=device)
     if args.shift is not None:
-        import dataclasses
-
         pipe.config = dataclasses.replace(pipe.config, sampler=dataclasses.replace(pipe.config.sampler, shift=args.shift))
     size = parse_size(args.size, name="size") if args.size else pipe.config.size
     frames = args.frames or pipe.config.frames
@@ -70,7 +68,8 @@ def main() -> None:
     report = result.to_json()
     report["framing"] = {"generated": framing_stats(videos, per_video=True), "truth": framing_stats(truth)}
     report["setup"] = {"model": args.model, "size": f"{size[0]}x{size[1]}", "frames": frames, "n": args.n,
-                       "batch": args.batch, "seed": args.seed, "device": device, "shift": args.shift, "generate_s": round(t_gen, 1)}
+                       "batch": args.batch, "seed": args.seed, "device": device, "shift": args.shift,
+                       "generate_s": round(t_gen, 1)}
     Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     print(result.score_line())
     print("framing", json.dumps(report["framing"]), f"generate {t_gen:.1f} s")

@@ -205,17 +205,16 @@ def bucket_plan(cfg: DiTTrainConfig, vae_stride: int, patch: tuple[int, int, int
     pt, ph, pw = patch
     plan = {}
     for size in cfg.sizes:
-        w, h = parse_size(size, name="sizes")
+        native = parse_size(size, name="sizes")
+        w, h = (min(native),) * 2 if cfg.square_crop else native  # what the VAE encodes
         for f in cfg.frames:
             T = (f - 1) // 4 + 1
-            if cfg.square_crop:
-                w = h = min(w, h)
             if w % (vae_stride * pw) or h % (vae_stride * ph) or T % pt:
                 raise VideoditError(f"bucket {w}x{h}x{f}: sizes must be multiples of {vae_stride * pw} "
                                     f"(VAE stride x patch) and latent frames of {pt}")
             tokens = (T // pt) * (h // vae_stride // ph) * (w // vae_stride // pw)
             batch = max(1, cfg.tokens_per_batch // (tokens * batches_per_step(cfg))) if cfg.tokens_per_batch else cfg.batch_size
-            entry = plan.setdefault(_parse_size(size) + (f,), {"tokens": tokens, "batch": batch, "odds": 0.0})
+            entry = plan.setdefault(native + (f,), {"tokens": tokens, "batch": batch, "odds": 0.0})
             entry["odds"] += 1.0 / (len(cfg.sizes) * len(cfg.frames))
     return plan
 
@@ -295,9 +294,11 @@ def cached_batches(cfg: DiTTrainConfig, plan: dict, vae, text, device, autocast,
         raise VideoditError(f"--latent-cache {cfg.latent_cache}: must hold at least one batch "
                             f"({max(e['batch'] for e in plan.values())} clips)")
     path = out / f"latents-rank{rank}.pt"
+    # "square" only when set, so caches written before --square-crop existed stay valid.
+    data_key = [cfg.seed, list(cfg.sizes), list(cfg.frames), cfg.batch_size, cfg.tokens_per_batch, cfg.latent_cache]
     key = {"vae": to_dict(vae.cfg), "vae_sum": float(sum(p.double().sum() for p in vae.parameters())),
-           "data": [cfg.seed, list(cfg.sizes), list(cfg.frames), cfg.batch_size, cfg.tokens_per_batch,
-                    cfg.latent_cache] + (["square"] if cfg.square_crop else []), "text": [cfg.text_encoder, text.config.max_length]}
+           "data": data_key + (["square"] if cfg.square_crop else []),
+           "text": [cfg.text_encoder, text.config.max_length]}
     cache = torch.load(path, weights_only=True) if path.exists() else None
     if cache is None or cache["key"] != key:
         latents, captions, buckets, tokens, masks = [], [], [], [], []
