@@ -378,3 +378,90 @@ def test_per_channel_latent_stats_measured_with_steps_0_and_used_by_normalize(tm
                                                                         chan.cfg.latent_channel_scale)
     with pytest.raises(VideoditError, match="need 4 values"):
         dataclasses.replace(glob.cfg, latent_channel_shift=(0.0,), latent_channel_scale=(1.0,))
+
+
+def test_edge_mask_marks_outlines_and_motion_only():
+    from videodit.train.vae import edge_mask
+
+    x = -torch.ones(1, 3, 3, 32, 32)
+    x[:, :, :, 10:20, 10:20] = 1.0            # a still 10x10 square ...
+    x[:, :, 2, 2:4, 28:30] = 1.0              # ... and a speck that appears in frame 2
+    m = edge_mask(x)[0, 0]
+    assert m.shape == (3, 32, 32)
+    assert m[:, 10, 15].eq(1).all() and m[:, 9, 15].eq(1).all() and m[:, 8, 15].eq(1).all()  # outline, dilated
+    assert m[:, 15, 15].eq(0).all() and m[:, 0, 0].eq(0).all() and m[:, 6, 15].eq(0).all()  # inside, far
+    assert m[2, 2, 28] == 1 and m[1, 2, 28] == 1 and m[0, 2, 28] == 0  # the change marks both frames
+
+
+def test_edge_weight_makes_outline_errors_cost_more():
+    from videodit.train.vae import vae_loss
+
+    x = -torch.ones(1, 3, 1, 32, 32)
+    x[:, :, :, 10:20, 10:20] = 1.0
+    mean, logvar = torch.zeros(1, 4, 1, 8, 8), torch.zeros(1, 4, 1, 8, 8)
+    on_edge, flat = x.clone(), x.clone()
+    on_edge[:, :, :, 10, 12] -= 0.5
+    flat[:, :, :, 28, 28] += 0.5
+    plain = [vae_loss(x, r, mean, logvar, 0.0, 1.0)[0].item() for r in (on_edge, flat)]
+    weighted = [vae_loss(x, r, mean, logvar, 0.0, 1.0, edge_weight=8.0)[0].item() for r in (on_edge, flat)]
+    assert plain[0] == pytest.approx(plain[1])
+    assert weighted[0] > 3 * weighted[1]
+    assert vae_loss(x, x, mean, logvar, 0.0, 1.0, edge_weight=8.0)[0].item() == 0.0
+
+
+def test_anchor_weight_trains_both_halves_and_keeps_init_latent_stats(tmp_path, capsys):
+    """--anchor-weight: encoder and decoder both learn from --init, the drift penalty is what holds
+    the latents, and the bundle keeps --init's statistics; without --init it is refused."""
+    from safetensors.torch import load_file
+
+    from videodit.cli import main
+
+    common = ["--preset", "tiny", "--batch-size", "1", "--width", "32", "--height", "32", "--frames", "5",
+              "--stats-batches", "1", "--device", "cpu", "--threads", "1", "--lr", "1e-3"]
+    assert main(["train-vae", "--out", str(tmp_path / "a"), "--steps", "2", *common]) == 0
+    init = tmp_path / "a" / "bundle"
+    runs = {}
+    for name, weight in (("free", "0"), ("held", "1000")):
+        assert main(["train-vae", "--out", str(tmp_path / name), "--steps", "4", "--init", str(init),
+                     "--anchor-weight", weight, "--edge-weight", "4", *common, "--lr", "3e-3"]) == 0
+        runs[name] = load_file(tmp_path / name / "bundle" / "model.safetensors")
+    before = load_file(init / "model.safetensors")
+    held = VideoVAE.from_pretrained(tmp_path / "held" / "bundle")
+    assert (held.cfg.latent_shift, held.cfg.latent_scale) == (VideoVAE.from_pretrained(init).cfg.latent_shift,
+                                                              VideoVAE.from_pretrained(init).cfg.latent_scale)
+    assert any(not torch.equal(before[k], runs["held"][k]) for k in before if k.startswith("encoder."))
+    x = _video(5, 32, seed=3)
+    with torch.no_grad():
+        ref = VideoVAE.from_pretrained(init).encode(x)
+        drift = {n: (VideoVAE.from_pretrained(tmp_path / n / "bundle").encode_moments(x)[0] - ref).abs().mean()
+                 for n in runs}
+    assert drift["held"] < drift["free"]
+    capsys.readouterr()
+    assert main(["train-vae", "--out", str(tmp_path / "c"), "--anchor-weight", "1", *common]) == 2
+    assert "--anchor-weight" in capsys.readouterr().err
+
+
+def test_latent_noise_is_in_normalised_units_and_needs_decoder_only(tmp_path, capsys):
+    from videodit.cli import main
+
+    vae = dataclasses.replace(TINY, latent_scale=4.0)
+    model = _random_vae(vae)
+    x = _video(5, 32)
+    with torch.no_grad():
+        plain = model(x, torch.Generator().manual_seed(0))[0]
+        zero = model(x, torch.Generator().manual_seed(0), torch.zeros(1))[0]
+        noisy = model(x, torch.Generator().manual_seed(0), torch.full((1,), 0.5))[0]
+        # the noise reaches the latent divided by the scale: the same noise at scale 1 is 4x larger
+        louder = _random_vae(TINY)(x, torch.Generator().manual_seed(0), torch.full((1,), 0.5))[0]
+    assert torch.equal(plain, zero)
+    assert 0 < (noisy - plain).abs().mean() < (louder - plain).abs().mean()
+
+    common = ["--preset", "tiny", "--batch-size", "2", "--width", "32", "--height", "32", "--frames", "5",
+              "--stats-batches", "1", "--device", "cpu", "--threads", "1"]
+    assert main(["train-vae", "--out", str(tmp_path / "a"), "--steps", "1", *common]) == 0
+    assert main(["train-vae", "--out", str(tmp_path / "b"), "--steps", "2", "--init", str(tmp_path / "a" / "bundle"),
+                 "--decoder-only", "--latent-noise", "0.3", *common]) == 0
+    capsys.readouterr()
+    assert main(["train-vae", "--out", str(tmp_path / "c"), "--steps", "2", "--init", str(tmp_path / "a" / "bundle"),
+                 "--latent-noise", "0.3", *common]) == 2
+    assert "--latent-noise 0.3" in capsys.readouterr().err

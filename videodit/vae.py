@@ -378,11 +378,19 @@ class VideoVAE(nn.Module):
             raise VideoditError(f"tile={tile}, tile_overlap={overlap}: both must be multiples of the spatial "
                                 f"stride {s} with 0 <= overlap < tile")
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
-        """Training pass: returns (reconstruction, mean, logvar) with the latent sampled."""
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                latent_noise: torch.Tensor | None = None):
+        """Training pass: returns (reconstruction, mean, logvar) with the latent sampled.
+        ``latent_noise`` (B,): per clip, the std of extra Gaussian noise added to the sampled latent
+        before decoding, in normalised units (what a DiT sees), so that the decoder learns to
+        turn imperfect latents into clean frames."""
         mean, logvar = self.encode_moments(x)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         z = mean + torch.exp(0.5 * logvar) * noise
+        if latent_noise is not None:
+            _, scale = self._latent_stats(z)
+            extra = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            z = z + latent_noise.to(z.dtype).view(-1, *(1,) * (z.dim() - 1)) * extra / scale
         return self.decode(z), mean, logvar
 
     # -- latent normalisation (what the DiT sees) ---------------------------------------------

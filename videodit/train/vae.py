@@ -55,6 +55,10 @@ class VAETrainConfig:
     kl_weight: float = field(default=1e-5, metadata={"help": "weight of the KL term (mean over latent elements)"})
     mse_weight: float = field(default=1.0, metadata={
         "help": "weight of an MSE term beside L1: it weighs the large errors on small objects more"})
+    edge_weight: float = field(default=0.0, metadata={
+        "help": "extra weight of the pixels at edges and where the video moves (a 3x3-dilated mask of "
+                "pixels that differ from their left, upper or previous-frame neighbour): each counts "
+                "1 + W times in L1 and MSE (normalised by the mean weight); 0 = plain means"})
     ema_decay: float = field(default=0.999, metadata={"help": "EMA decay of the weights saved in the bundle"})
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm"})
     width: int = field(default=64, metadata={"help": "SynthWorld clip width"})
@@ -78,6 +82,15 @@ class VAETrainConfig:
     decoder_only: bool = field(default=False, metadata={
         "help": "train only the decoder, from --init: the encoder, hence the latent space and its "
                 "shift/scale, stay exactly as --init has them, so a DiT trained on those latents stays valid"})
+    anchor_weight: float = field(default=0.0, metadata={
+        "help": "fine-tune encoder and decoder from --init while this weight times the mean squared drift "
+                "of the posterior means from --init's (in the normalised units a DiT sees) holds the latent "
+                "space in place, so a DiT trained on --init's latents stays usable; keeps --init's latent "
+                "statistics. 0 = off"})
+    latent_noise: float = field(default=0.0, metadata={
+        "help": "with --decoder-only: add Gaussian noise of std U(0, S) per clip, in the normalised latent "
+                "units a DiT sees, before decoding, so the decoder learns to turn a DiT's imperfect latents "
+                "into clean frames (the target stays the clean clip). 0 = off"})
     per_channel_latents: bool = field(default=False, metadata={
         "help": "measure the latent shift/scale per channel (each channel to mean 0, std 1) instead of one "
                 "for all channels; with --init BUNDLE --steps 0 only the statistics are measured. A DiT "
@@ -97,12 +110,23 @@ class VAETrainConfig:
             raise VideoditError(f"--crop-size {self.crop_size}: must be a multiple of {s} and fit the frame")
         if self.width % s or self.height % s:
             raise VideoditError(f"--width/--height {self.width}x{self.height}: must be multiples of {s}")
+        if self.edge_weight < 0:
+            raise VideoditError(f"--edge-weight {self.edge_weight}: must be >= 0")
         if self.steps < 0 or self.batch_size < 1 or (self.steps == 0 and not self.init):
             raise VideoditError("--steps must be >= 1 (or 0 with --init: only measure the latent statistics) "
                                 "and --batch-size >= 1")
         if self.per_channel_latents and self.decoder_only:
             raise VideoditError("--per-channel-latents changes the latents a DiT sees; --decoder-only keeps "
                                 "--init's statistics (measure them with --init BUNDLE --steps 0 --per-channel-latents)")
+        if self.anchor_weight < 0:
+            raise VideoditError(f"--anchor-weight {self.anchor_weight}: must be >= 0")
+        if self.anchor_weight and (not self.init or self.decoder_only or self.per_channel_latents):
+            raise VideoditError("--anchor-weight holds the encoder near --init's latents: it needs --init and "
+                                "goes with neither --decoder-only (the encoder is frozen anyway) nor "
+                                "--per-channel-latents (the statistics stay --init's)")
+        if self.latent_noise < 0 or (self.latent_noise and not self.decoder_only):
+            raise VideoditError(f"--latent-noise {self.latent_noise}: must be >= 0, and goes with --decoder-only "
+                                "(the noise is in --init's normalised latent units, which only a frozen encoder keeps)")
         if self.decoder_only and not self.init:
             raise VideoditError("--decoder-only needs --init BUNDLE: the encoder it keeps must come from somewhere")
 
@@ -151,12 +175,40 @@ def _crop(x: torch.Tensor, cfg: VAETrainConfig, gen: torch.Generator) -> torch.T
 # Loss, schedule, metrics
 # ---------------------------------------------------------------------------------------------
 
-def vae_loss(x: torch.Tensor, recon: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor,
-             kl_weight: float, mse_weight: float) -> tuple[torch.Tensor, dict]:
+EDGE_THRESHOLD = 0.1  # a neighbour differing by more than this (in [-1, 1] units, any channel) marks an edge
+
+
+def edge_mask(x: torch.Tensor, threshold: float = EDGE_THRESHOLD) -> torch.Tensor:
+    """(B, 3, F, H, W) -> (B, 1, F, H, W) float mask, 1 where a pixel differs from its left, upper
+    or previous-frame neighbour (on either side of the step), dilated by 3x3 in space: the
+    outlines and moving parts, which hold a few % of SynthWorld's pixels and all of its shapes."""
+    import torch
     import torch.nn.functional as F
 
-    l1 = (recon - x).abs().mean()
-    mse = F.mse_loss(recon, x)
+    d = torch.zeros_like(x[:, :1])
+    for dim in (2, 3, 4):
+        if x.shape[dim] < 2:
+            continue
+        step = (x.narrow(dim, 1, x.shape[dim] - 1) - x.narrow(dim, 0, x.shape[dim] - 1)).abs().amax(1, keepdim=True)
+        hit = (step > threshold).to(x.dtype)
+        d.narrow(dim, 1, x.shape[dim] - 1).copy_(torch.maximum(d.narrow(dim, 1, x.shape[dim] - 1), hit))
+        d.narrow(dim, 0, x.shape[dim] - 1).copy_(torch.maximum(d.narrow(dim, 0, x.shape[dim] - 1), hit))
+    return F.max_pool3d(d, kernel_size=(1, 3, 3), stride=1, padding=(0, 1, 1))
+
+
+def vae_loss(x: torch.Tensor, recon: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor,
+             kl_weight: float, mse_weight: float, edge_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+    import torch.nn.functional as F
+
+    err = recon - x
+    if edge_weight:
+        w = 1.0 + edge_weight * edge_mask(x.detach())
+        w = w / w.mean()
+        l1 = (w * err.abs()).mean()
+        mse = (w * err.pow(2)).mean()
+    else:
+        l1 = err.abs().mean()
+        mse = err.pow(2).mean()
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
     psnr = 10 * math.log10(4.0 / max(F.mse_loss(recon.detach().clamp(-1, 1), x).item(), 1e-12))  # peak-to-peak 2
     return l1 + mse_weight * mse + kl_weight * kl, {"l1": l1.item(), "kl": kl.item(), "psnr": psnr}
@@ -270,6 +322,15 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
     ckpt_path = out / "checkpoint.pt"
     device = dist.device
 
+    if cfg.init:  # --init's latent statistics: --latent-noise is measured in them, and
+        # --decoder-only / --anchor-weight keep them (otherwise they are measured again at the end)
+        from videodit.train.checkpoint import read_bundle_config
+        from videodit.vae import VAEConfig
+
+        init_cfg = read_bundle_config(VAEConfig, cfg.init, "VAE")
+        vae_cfg = dataclasses.replace(
+            vae_cfg, latent_shift=init_cfg.latent_shift, latent_scale=init_cfg.latent_scale,
+            latent_channel_shift=init_cfg.latent_channel_shift, latent_channel_scale=init_cfg.latent_channel_scale)
     torch.manual_seed(cfg.seed)
     model = VideoVAE(vae_cfg).to(device)
     if cfg.decoder_only:
@@ -295,6 +356,10 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
         ema.load_state_dict(model.state_dict())
         if dist.is_main:
             print(f"initialised from {cfg.init}")
+
+    anchor = None
+    if cfg.anchor_weight:  # the frozen --init VAE whose latents the encoder must keep
+        anchor = VideoVAE.from_pretrained(cfg.init, device=device).eval().requires_grad_(False)
 
     train_model = model
     if dist.world_size > 1:
@@ -334,8 +399,17 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
         for group in opt.param_groups:
             group["lr"] = lr
 
-        recon, mean, logvar = train_model(x, gen)
-        loss, parts = vae_loss(x, recon, mean, logvar, cfg.kl_weight, cfg.mse_weight)
+        sigma = None
+        if cfg.latent_noise:
+            sigma = cfg.latent_noise * torch.rand(x.shape[0], generator=gen, device=device)
+        recon, mean, logvar = train_model(x, gen, sigma)
+        loss, parts = vae_loss(x, recon, mean, logvar, cfg.kl_weight, cfg.mse_weight, cfg.edge_weight)
+        if anchor is not None:
+            with torch.no_grad():
+                old_mean = anchor.normalize(anchor.encode_moments(x)[0])
+            drift = (anchor.normalize(mean.float()) - old_mean.float()).pow(2).mean()
+            loss = loss + cfg.anchor_weight * drift
+            parts["drift"] = drift.item()
         if not math.isfinite(parts["l1"]):
             raise VideoditError(f"train-vae: the loss became {parts['l1']} at step {step}; "
                                 f"resume from {ckpt_path} with a lower --lr (now {cfg.lr})")
@@ -356,7 +430,8 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
             bar.write(message)
 
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{parts['psnr']:.1f}")
+        bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{parts['psnr']:.1f}",
+                        **({"drift": f"{parts['drift']:.4f}"} if "drift" in parts else {}))
         if dist.is_main and (step % cfg.log_every == 0 or step == cfg.steps or time_fraction() >= 1.0):
             now = time.time()
             log.writerow([step, f"{loss.item():.6f}", f"{parts['l1']:.6f}", f"{parts['kl']:.4f}",
@@ -374,14 +449,8 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
         checkpoint()
         log_file.close()
         stats_batches = (b.to(device) for _, b in zip(range(cfg.stats_batches), _batches(make_stream, 0, cfg)))
-        if cfg.decoder_only:  # the encoder is --init's: so are its latents' statistics
-            from videodit.train.checkpoint import read_bundle_config
-            from videodit.vae import VAEConfig
-
-            init_cfg = read_bundle_config(VAEConfig, cfg.init, "VAE")
-            final_cfg = dataclasses.replace(
-                vae_cfg, latent_shift=init_cfg.latent_shift, latent_scale=init_cfg.latent_scale,
-                latent_channel_shift=init_cfg.latent_channel_shift, latent_channel_scale=init_cfg.latent_channel_scale)
+        if cfg.decoder_only or cfg.anchor_weight:  # --init's latent space: so are its statistics
+            final_cfg = vae_cfg
         else:
             final_cfg = with_latent_stats(vae_cfg, *latent_stats(ema, stats_batches, per_channel=cfg.per_channel_latents))
         final = VideoVAE(final_cfg)
