@@ -465,3 +465,13 @@ def test_latent_noise_is_in_normalised_units_and_needs_decoder_only(tmp_path, ca
     assert main(["train-vae", "--out", str(tmp_path / "c"), "--steps", "2", "--init", str(tmp_path / "a" / "bundle"),
                  "--latent-noise", "0.3", *common]) == 2
     assert "--latent-noise 0.3" in capsys.readouterr().err
+
+
+def test_evaluate_reconstruction_with_latent_noise_scores_lower():
+    from videodit.train.vae import evaluate_reconstruction
+
+    vae = _random_vae(dataclasses.replace(TINY, latent_scale=0.5))
+    clean = evaluate_reconstruction(vae, n=2, width=32, height=32, frames=5, batch_size=2)
+    noisy = evaluate_reconstruction(vae, n=2, width=32, height=32, frames=5, batch_size=2, latent_noise=1.0)
+    again = evaluate_reconstruction(vae, n=2, width=32, height=32, frames=5, batch_size=2, latent_noise=1.0)
+    assert noisy["psnr"] < clean["psnr"] and noisy["psnr"] == again["psnr"]

@@ -521,7 +521,11 @@ def _collision(p, m, tracks, cfg) -> MetricResult:
         return MetricResult(False, {"error": "the two balls are not both seen"})
     frames = np.arange(m.n_frames)
     pre, post = frames <= k - 1, frames >= k + 1
-    a, b = sorted(tracks, key=lambda tr: np.nanmedian(tr.x[pre]) if pre.any() else 0.0)
+    def left_to_right(tr: Track) -> float:  # median x before the contact; 0 when never seen then
+        seen = tr.x[pre][~np.isnan(tr.x[pre])]
+        return float(np.median(seen)) if seen.size else 0.0
+
+    a, b = sorted(tracks, key=left_to_right)
     v = [_slope(tr.t[sel], tr.x[sel]) for tr in (a, b) for sel in (pre, post)]
     if any(x is None for x in v):
         return MetricResult(False, {"error": "too few frames before or after the contact",

@@ -467,9 +467,12 @@ EVAL_METRICS = ("color", "shape", "count")  # evaluator metrics a reconstruction
 
 
 def evaluate_reconstruction(vae: VideoVAE, n: int = 64, *, seed: int = 0, width: int = 64, height: int = 64,
-                            frames: int = 17, batch_size: int = 8, progress: bool = False) -> dict:
+                            frames: int = 17, batch_size: int = 8, progress: bool = False,
+                            latent_noise: float = 0.0) -> dict:
     """Reconstruct ``n`` eval-split clips and return mean PSNR (dB) / SSIM, and the evaluator's
-    colour / shape / count accuracy on the reconstructions and on the originals (for reference)."""
+    colour / shape / count accuracy on the reconstructions and on the originals (for reference).
+    ``latent_noise`` > 0 adds Gaussian noise of that std (normalised latent units, fixed seed) to
+    the latents before decoding: how well the decoder copes with a DiT's imperfect latents."""
     import numpy as np
     import torch
     from tqdm import tqdm
@@ -487,7 +490,11 @@ def evaluate_reconstruction(vae: VideoVAE, n: int = 64, *, seed: int = 0, width:
                    for i in range(start, min(n, start + batch_size))]
         clips = np.stack([s.frames for s in samples])  # (B, F, H, W, 3)
         with torch.no_grad():
-            recon = vae.decode(vae.encode(frames_to_tensor(clips).to(device)))
+            z = vae.encode(frames_to_tensor(clips).to(device))
+            if latent_noise:
+                g = torch.Generator().manual_seed(seed * 1_000_003 + start)
+                z = vae.denormalize(vae.normalize(z) + latent_noise * torch.randn(z.shape, generator=g).to(z))
+            recon = vae.decode(z)
         recon = tensor_to_frames(recon.clamp(-1, 1).cpu())
         for s, clip, out in zip(samples, clips, recon):
             psnrs.append(psnr(clip, out))
