@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from videodit.train.vae import VAETrainConfig
 
     p = sub.add_parser("train-vae", help="train the causal video VAE on SynthWorld",
-                       description="Train the causal 3D video VAE (L1 + KL, bf16 autocast, EMA, exact resume).",
+                       description="Train the causal 3D video VAE (L1 + MSE + KL, optionally edge-weighted; bf16 autocast, EMA, exact resume).",
                        epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_args(p, VAETrainConfig)
     p.set_defaults(func=_run)
