@@ -426,9 +426,8 @@ def test_anchor_weight_trains_both_halves_and_keeps_init_latent_stats(tmp_path, 
                      "--anchor-weight", weight, "--edge-weight", "4", *common, "--lr", "3e-3"]) == 0
         runs[name] = load_file(tmp_path / name / "bundle" / "model.safetensors")
     before = load_file(init / "model.safetensors")
-    held = VideoVAE.from_pretrained(tmp_path / "held" / "bundle")
-    assert (held.cfg.latent_shift, held.cfg.latent_scale) == (VideoVAE.from_pretrained(init).cfg.latent_shift,
-                                                              VideoVAE.from_pretrained(init).cfg.latent_scale)
+    held, start = VideoVAE.from_pretrained(tmp_path / "held" / "bundle").cfg, VideoVAE.from_pretrained(init).cfg
+    assert (held.latent_shift, held.latent_scale) == (start.latent_shift, start.latent_scale)
     assert any(not torch.equal(before[k], runs["held"][k]) for k in before if k.startswith("encoder."))
     x = _video(5, 32, seed=3)
     with torch.no_grad():

@@ -189,10 +189,11 @@ def edge_mask(x: torch.Tensor, threshold: float = EDGE_THRESHOLD) -> torch.Tenso
     for dim in (2, 3, 4):
         if x.shape[dim] < 2:
             continue
-        step = (x.narrow(dim, 1, x.shape[dim] - 1) - x.narrow(dim, 0, x.shape[dim] - 1)).abs().amax(1, keepdim=True)
-        hit = (step > threshold).to(x.dtype)
-        d.narrow(dim, 1, x.shape[dim] - 1).copy_(torch.maximum(d.narrow(dim, 1, x.shape[dim] - 1), hit))
-        d.narrow(dim, 0, x.shape[dim] - 1).copy_(torch.maximum(d.narrow(dim, 0, x.shape[dim] - 1), hit))
+        n = x.shape[dim] - 1
+        hit = ((x.narrow(dim, 1, n) - x.narrow(dim, 0, n)).abs().amax(1, keepdim=True) > threshold).to(x.dtype)
+        zero = torch.zeros_like(hit.narrow(dim, 0, 1))
+        # a step between pixels i and i + 1 marks both of them
+        d = torch.maximum(d, torch.maximum(torch.cat([hit, zero], dim), torch.cat([zero, hit], dim)))
     return F.max_pool3d(d, kernel_size=(1, 3, 3), stride=1, padding=(0, 1, 1))
 
 
@@ -201,14 +202,12 @@ def vae_loss(x: torch.Tensor, recon: torch.Tensor, mean: torch.Tensor, logvar: t
     import torch.nn.functional as F
 
     err = recon - x
+    w = 1.0
     if edge_weight:
         w = 1.0 + edge_weight * edge_mask(x.detach())
         w = w / w.mean()
-        l1 = (w * err.abs()).mean()
-        mse = (w * err.pow(2)).mean()
-    else:
-        l1 = err.abs().mean()
-        mse = err.pow(2).mean()
+    l1 = (w * err.abs()).mean()
+    mse = (w * err.pow(2)).mean()
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
     psnr = 10 * math.log10(4.0 / max(F.mse_loss(recon.detach().clamp(-1, 1), x).item(), 1e-12))  # peak-to-peak 2
     return l1 + mse_weight * mse + kl_weight * kl, {"l1": l1.item(), "kl": kl.item(), "psnr": psnr}
