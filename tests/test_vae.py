@@ -409,6 +409,39 @@ def test_edge_weight_makes_outline_errors_cost_more():
     assert vae_loss(x, x, mean, logvar, 0.0, 1.0, edge_weight=8.0)[0].item() == 0.0
 
 
+def test_focus_windows_land_on_the_object_on_the_stride_grid():
+    """--crop-focus: per clip, windows are drawn where the outlines and motion are; a clip with no
+    edges at all still gets windows (uniformly), and every corner sits on the stride grid."""
+    from videodit.train.vae import focus_windows
+
+    x = -torch.ones(2, 3, 5, 64, 64)
+    for t in range(5):  # clip 0: a small square moving right in the bottom-right corner
+        x[0, :, t, 48:54, 44 + 2 * t:50 + 2 * t] = 1.0
+    gen = torch.Generator().manual_seed(0)
+    hits, corners_1 = 0, set()
+    for _ in range(50):
+        (y0, x0), (y1, x1) = focus_windows(x, 16, 4, gen)
+        assert y0 % 4 == x0 % 4 == y1 % 4 == x1 % 4 == 0 and max(y0, x0, y1, x1) <= 48
+        hits += y0 < 54 and y0 + 16 > 48 and x0 < 58 and x0 + 16 > 44  # on the object's path
+        corners_1.add((y1, x1))
+    assert hits >= 45  # 20 of the 169 grid windows touch the path: uniform draws would hit ~6 of 50
+    assert len(corners_1) > 20  # clip 1 (plain background): spread over the frame
+
+
+def test_crop_focus_trains_per_clip_crops_and_needs_crop_size(tmp_path, capsys):
+    from videodit.train.vae import VAETrainConfig, _crop
+
+    cfg = VAETrainConfig(crop_size=16, crop_focus=True)
+    x = -torch.ones(3, 3, 5, 32, 32)
+    x[0, :, :, 2:6, 2:6] = 1.0
+    x[1, :, :, 24:30, 24:30] = 1.0
+    out = _crop(x, cfg, torch.Generator().manual_seed(1), 4)
+    assert out.shape == (3, 3, 5, 16, 16)
+    assert out[0].max() == 1.0 and out[1].max() == 1.0  # each clip's own object is in its crop
+    with pytest.raises(VideoditError, match="--crop-size"):
+        VAETrainConfig(crop_focus=True).check()
+
+
 def test_anchor_weight_trains_both_halves_and_keeps_init_latent_stats(tmp_path, capsys):
     """--anchor-weight: encoder and decoder both learn from --init, the drift penalty is what holds
     the latents, and the bundle keeps --init's statistics; without --init it is refused."""

@@ -59,6 +59,13 @@ class VAETrainConfig:
         "help": "extra weight of the pixels at edges and where the video moves (a 3x3-dilated mask of "
                 "pixels that differ from their left, upper or previous-frame neighbour): each counts "
                 "1 + W times in L1 and MSE (normalised by the mean weight); 0 = plain means"})
+    adv_weight: float = field(default=0.0, metadata={
+        "help": "add an adversarial loss from a 3D patch discriminator (videodit/train/discriminator.py) "
+                "against blurred, rounded edges: its gradient at the decoder's last layer is scaled to this "
+                "fraction of the reconstruction loss's there (adaptive weight). 0 = off"})
+    adv_start: int = field(default=200, metadata={
+        "help": "with --adv-weight: steps in which only the discriminator learns before its loss reaches "
+                "the decoder (a decoder from --init is already good; the discriminator must catch up first)"})
     ema_decay: float = field(default=0.999, metadata={"help": "EMA decay of the weights saved in the bundle"})
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm"})
     width: int = field(default=64, metadata={"help": "SynthWorld clip width"})
@@ -67,6 +74,10 @@ class VAETrainConfig:
     crop_size: int = field(default=0, metadata={
         "help": "train on random square crops of this size (0 = whole frames); the VAE is convolutional"})
     crop_frames: int = field(default=0, metadata={"help": "train on random 4k+1-frame windows (0 = whole clips)"})
+    crop_focus: bool = field(default=False, metadata={
+        "help": "with --crop-size: give each clip its own crop window, drawn in proportion to how many outline "
+                "and moving pixels it holds (the edge mask of --edge-weight) and aligned to the spatial stride, "
+                "so that small crops land on the objects instead of the empty background"})
     seed: int = field(default=0, metadata={"help": "seed for init, crops, posterior noise and data"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda, cuda:1 ..."})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
@@ -110,6 +121,8 @@ class VAETrainConfig:
             raise VideoditError(f"--crop-size {self.crop_size}: must be a multiple of {s} and fit the frame")
         if self.width % s or self.height % s:
             raise VideoditError(f"--width/--height {self.width}x{self.height}: must be multiples of {s}")
+        if self.crop_focus and not self.crop_size:
+            raise VideoditError("--crop-focus places --crop-size windows: give --crop-size too")
         if self.edge_weight < 0:
             raise VideoditError(f"--edge-weight {self.edge_weight}: must be >= 0")
         if self.steps < 0 or self.batch_size < 1 or (self.steps == 0 and not self.init):
@@ -124,6 +137,8 @@ class VAETrainConfig:
             raise VideoditError("--anchor-weight holds the encoder near --init's latents: it needs --init and "
                                 "goes with neither --decoder-only (the encoder is frozen anyway) nor "
                                 "--per-channel-latents (the statistics stay --init's)")
+        if self.adv_weight < 0 or self.adv_start < 0:
+            raise VideoditError(f"--adv-weight {self.adv_weight} / --adv-start {self.adv_start}: must be >= 0")
         if self.latent_noise < 0 or (self.latent_noise and not self.decoder_only):
             raise VideoditError(f"--latent-noise {self.latent_noise}: must be >= 0, and goes with --decoder-only "
                                 "(the noise is in --init's normalised latent units, which only a frozen encoder keeps)")
@@ -156,14 +171,19 @@ def _batches(make_stream: StreamFactory, start: int, cfg: VAETrainConfig):
         yield batch["video"]
 
 
-def _crop(x: torch.Tensor, cfg: VAETrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """One random window per batch (B, 3, F, H, W) -> (B, 3, crop_frames, crop, crop)."""
+def _crop(x: torch.Tensor, cfg: VAETrainConfig, gen: torch.Generator, stride: int = 1) -> torch.Tensor:
+    """(B, 3, F, H, W) -> (B, 3, crop_frames, crop, crop): one random window per batch, or with
+    ``cfg.crop_focus`` one window per clip where its edges and motion are (see focus_windows)."""
     import torch
 
     _, _, Fr, H, W = x.shape
     if cfg.crop_frames and cfg.crop_frames < Fr:
         t0 = int(torch.randint(0, Fr - cfg.crop_frames + 1, (1,), generator=gen))
         x = x[:, :, t0:t0 + cfg.crop_frames]
+    if cfg.crop_focus and (cfg.crop_size < H or cfg.crop_size < W):
+        c = cfg.crop_size
+        corners = focus_windows(x, c, stride, gen)
+        return torch.stack([clip[..., y0:y0 + c, x0:x0 + c] for clip, (y0, x0) in zip(x, corners)])
     if cfg.crop_size and (cfg.crop_size < H or cfg.crop_size < W):
         y0 = int(torch.randint(0, H - cfg.crop_size + 1, (1,), generator=gen))
         x0 = int(torch.randint(0, W - cfg.crop_size + 1, (1,), generator=gen))
@@ -195,6 +215,23 @@ def edge_mask(x: torch.Tensor, threshold: float = EDGE_THRESHOLD) -> torch.Tenso
         # a step between pixels i and i + 1 marks both of them
         d = torch.maximum(d, torch.maximum(torch.cat([hit, zero], dim), torch.cat([zero, hit], dim)))
     return F.max_pool3d(d, kernel_size=(1, 3, 3), stride=1, padding=(0, 1, 1))
+
+
+def focus_windows(x: torch.Tensor, size: int, stride: int, gen: torch.Generator) -> list[tuple[int, int]]:
+    """For each clip of (B, 3, F, H, W), the top-left corner (y0, x0) of a size x size window,
+    on the ``stride`` grid, drawn with probability proportional to the number of edge-mask pixels
+    (outlines and motion, over all frames) inside it, plus one pixel's worth so that windows on
+    plain background stay possible. A window on the stride grid encodes to exactly the latents
+    of the whole frame away from its border."""
+    import torch
+    import torch.nn.functional as F
+
+    mass = edge_mask(x).sum(2)  # (B, 1, H, W): how many frames each pixel is an edge or moves
+    window = F.avg_pool2d(mass, kernel_size=size, stride=stride) * size * size  # (B, 1, ny, nx)
+    ny, nx = window.shape[-2:]
+    weights = (window + 1.0).flatten(1).float().cpu()  # gen is a CPU generator
+    pick = torch.multinomial(weights, 1, generator=gen).squeeze(1)
+    return [(int(k) // nx * stride, int(k) % nx * stride) for k in pick]
 
 
 def vae_loss(x: torch.Tensor, recon: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor,
@@ -311,6 +348,7 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
 
     from videodit.train import ema_update
     from videodit.train.checkpoint import load_checkpoint, save_checkpoint
+    from videodit.train.discriminator import adaptive_weight, d_hinge_loss, g_loss
     from videodit.vae import VideoVAE, with_latent_stats
 
     if cfg.threads:
@@ -338,6 +376,12 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.99),
                             weight_decay=cfg.weight_decay)
     run_config = {"train": to_dict(cfg), "model": to_dict(vae_cfg)}
+    disc = disc_opt = None
+    if cfg.adv_weight:
+        from videodit.train.discriminator import PatchDiscriminator3D
+
+        disc = PatchDiscriminator3D().to(device)
+        disc_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9), weight_decay=0.0)
 
     step, data_position = 0, 0
     guard = DivergenceGuard(cfg.warmup_steps)
@@ -346,6 +390,9 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
                                   model_config=to_dict(vae_cfg))
         step, data_position = payload["step"], payload["data_position"]
         guard = DivergenceGuard(cfg.warmup_steps, payload["extra"].get("guard"))
+        if disc is not None and "disc" in payload["extra"]:
+            disc.load_state_dict(payload["extra"]["disc"])
+            disc_opt.load_state_dict(payload["extra"]["disc_opt"])
         if dist.is_main:
             print(f"resumed from {ckpt_path} at step {step}")
     elif cfg.init:
@@ -365,6 +412,10 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
         from torch.nn.parallel import DistributedDataParallel
 
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_disc = None if disc is None else DistributedDataParallel(
+            disc, device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        train_disc = disc
 
     log_file = None
     if dist.is_main:
@@ -373,7 +424,7 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
         log_file = open(out / "log.csv", "w" if new_log else "a", newline="")
         log = csv.writer(log_file)
         if new_log:
-            log.writerow(["step", "loss", "l1", "kl", "psnr", "lr", "it_per_s", "elapsed_s"])
+            log.writerow(["step", "loss", "l1", "kl", "psnr", "lr", "it_per_s", "elapsed_s", "d_loss", "adv_scale"])
 
     bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and dist.is_main), desc="train-vae",
                dynamic_ncols=True)
@@ -383,8 +434,15 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
     samples_per_step = cfg.batch_size * dist.world_size
 
     def checkpoint():
+        extra = {"guard": guard.state()}
+        if disc is not None:
+            extra.update(disc=disc.state_dict(), disc_opt=disc_opt.state_dict())
         save_checkpoint(ckpt_path, kind=CHECKPOINT_KIND, step=step, data_position=data_position,
-                        config=run_config, model=model, optimizer=opt, ema=ema, extra={"guard": guard.state()})
+                        config=run_config, model=model, optimizer=opt, ema=ema, extra=extra)
+
+    guarded = {"model": model, "ema": ema, "optimizer": opt}
+    if disc is not None:
+        guarded.update(disc=disc, disc_optimizer=disc_opt)
 
     def time_fraction() -> float:
         return (time.time() - t_start) / (60 * cfg.max_minutes) if cfg.max_minutes else 0.0
@@ -392,10 +450,10 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
     while step < cfg.steps and time_fraction() < 1.0:
         x = next(batches).to(device, non_blocking=True)
         gen_cpu = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        x = _crop(x, cfg, gen_cpu)
+        x = _crop(x, cfg, gen_cpu, vae_cfg.spatial_stride)
         gen = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step + dist.rank * 7919)
         lr = lr_at(step, cfg, time_fraction()) * guard.lr_scale
-        for group in opt.param_groups:
+        for group in opt.param_groups + (disc_opt.param_groups if disc_opt is not None else []):
             group["lr"] = lr
 
         sigma = None
@@ -409,6 +467,22 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
             drift = (anchor.normalize(mean.float()) - old_mean.float()).pow(2).mean()
             loss = loss + cfg.anchor_weight * drift
             parts["drift"] = drift.item()
+        rec_loss = loss.detach()
+        if disc is not None:
+            recon32 = recon.float()
+            d_loss = d_hinge_loss(train_disc(x), train_disc(recon32.detach()))
+            disc_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            torch.nn.utils.clip_grad_norm_(disc.parameters(), cfg.grad_clip)
+            disc_opt.step()
+            parts["d_loss"] = d_loss.item()
+            if step >= cfg.adv_start:
+                disc.requires_grad_(False)  # the decoder's step must not touch the discriminator
+                adv = g_loss(disc(recon32))
+                scale = cfg.adv_weight * adaptive_weight(loss, adv, model.decoder.conv_out.conv.weight)
+                loss = loss + scale * adv
+                disc.requires_grad_(True)
+                parts["adv_scale"] = scale.item()
         if not math.isfinite(parts["l1"]):
             raise VideoditError(f"train-vae: the loss became {parts['l1']} at step {step}; "
                                 f"resume from {ckpt_path} with a lower --lr (now {cfg.lr})")
@@ -420,11 +494,11 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
         ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
         step += 1
         data_position += samples_per_step
-        loss_value = loss.detach()
+        loss_value = rec_loss  # the guard watches the reconstruction loss (the adversarial part may go negative)
         if dist.world_size > 1:  # every rank must take the same rollback decision
             torch.distributed.all_reduce(loss_value)
             loss_value /= dist.world_size
-        message = guard.observe(step, loss_value.item(), {"model": model, "ema": ema, "optimizer": opt})
+        message = guard.observe(step, loss_value.item(), guarded)
         if message and dist.is_main:
             bar.write(message)
 
@@ -435,7 +509,8 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
             now = time.time()
             log.writerow([step, f"{loss.item():.6f}", f"{parts['l1']:.6f}", f"{parts['kl']:.4f}",
                           f"{parts['psnr']:.3f}", f"{lr:.3e}", f"{(step - step_log) / (now - t_log):.3f}",
-                          f"{now - t_start:.1f}"])
+                          f"{now - t_start:.1f}", f"{parts['d_loss']:.4f}" if "d_loss" in parts else "",
+                          f"{parts['adv_scale']:.4g}" if "adv_scale" in parts else ""])
             log_file.flush()
             t_log, step_log = now, step
         if dist.is_main and (step % cfg.save_every == 0 or time.time() - t_last_save > 60 * cfg.save_minutes):
