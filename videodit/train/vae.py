@@ -470,7 +470,9 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
         rec_loss = loss.detach()
         if disc is not None:
             recon32 = recon.float()
-            d_loss = d_hinge_loss(train_disc(x), train_disc(recon32.detach()))
+            # real and reconstructed clips in one forward: DistributedDataParallel wants one per backward
+            real_logits, fake_logits = train_disc(torch.cat([x, recon32.detach()])).chunk(2)
+            d_loss = d_hinge_loss(real_logits, fake_logits)
             disc_opt.zero_grad(set_to_none=True)
             d_loss.backward()
             torch.nn.utils.clip_grad_norm_(disc.parameters(), cfg.grad_clip)
