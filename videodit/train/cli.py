@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 _EXAMPLES = """examples:
   # CPU, one thread, 32x32x9 crops of 64x64x17 SynthWorld clips
@@ -11,6 +12,9 @@ _EXAMPLES = """examples:
   videodit train-vae --out runs/vae_gpu --steps 6000 --batch-size 32 --num-workers 8
   # many GPUs: the same program under torchrun (DDP; the data stream shards by rank)
   torchrun --nproc-per-node 8 -m videodit.cli train-vae --out runs/vae_ddp
+  # fine-tune only the bundled decoder (the latents a DiT was trained on stay), on object-centred crops
+  videodit train-vae --init videodit/assets/bundle/vae --decoder-only --batch-size 16 --crop-size 32 \
+      --crop-focus --lr 1e-4 --max-minutes 30 --steps 100000 --out runs/vae_dec
 
 Resumes from OUT/checkpoint.pt when it exists (--no-resume starts over). At the end OUT/bundle/
 holds the EMA weights and config.json (with the measured latent scale/shift), loadable with
@@ -22,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     from videodit.train.vae import VAETrainConfig
 
     p = sub.add_parser("train-vae", help="train the causal video VAE on SynthWorld",
-                       description="Train the causal 3D video VAE (L1 + MSE + KL, optionally edge-weighted; bf16 autocast, EMA, exact resume).",
+                       description="Train the causal 3D video VAE (L1 + MSE + KL, optionally edge-weighted or adversarial, "
+                                   "on whole clips or focused crops; bf16 autocast, EMA, exact resume).",
                        epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_args(p, VAETrainConfig)
     p.set_defaults(func=_run)
@@ -34,8 +39,14 @@ def _run(args: argparse.Namespace) -> int:
 
     cfg = dataclass_from_args(VAETrainConfig(), args)
     bundle = train_vae(cfg)
-    print(f"saved VAE bundle to {bundle}")
+    if _is_main_process():
+        print(f"saved VAE bundle to {bundle}")
     return 0
+
+
+def _is_main_process() -> bool:
+    """Under torchrun only rank 0 writes the bundle, so only it says so."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 _TRAIN_EXAMPLES = """examples:
@@ -70,5 +81,6 @@ def _run_train(args: argparse.Namespace) -> int:
     from videodit.train.dit import DiTTrainConfig, train_dit
 
     bundle = train_dit(dataclass_from_args(DiTTrainConfig(), args))
-    print(f"saved model bundle to {bundle}")
+    if _is_main_process():
+        print(f"saved model bundle to {bundle}")
     return 0
