@@ -13,7 +13,7 @@ _EXAMPLES = """examples:
   # many GPUs: the same program under torchrun (DDP; the data stream shards by rank)
   torchrun --nproc-per-node 8 -m videodit.cli train-vae --out runs/vae_ddp
   # fine-tune only the bundled decoder (the latents a DiT was trained on stay), on object-centred crops
-  videodit train-vae --init videodit/assets/bundle/vae --decoder-only --batch-size 16 --crop-size 32 \
+  videodit train-vae --init videodit/assets/bundle/vae --decoder-only --batch-size 16 --crop-size 32 \\
       --crop-focus --lr 1e-4 --max-minutes 30 --steps 100000 --out runs/vae_dec
 
 Resumes from OUT/checkpoint.pt when it exists (--no-resume starts over). At the end OUT/bundle/
