@@ -73,29 +73,30 @@ def latent_probe(vae: VideoVAE, idx, steps: int) -> None:
           f"latents moved rms {sum(moved) / len(moved):.3f} on average (normalised units, where the latents' std is 1)")
 
 
+def decoder_probe(idx, steps: int) -> None:
+    def make_stream(start: int):
+        """The missed clips, over and over, in train-vae's stream format."""
+        class Misses(torch.utils.data.IterableDataset):
+            def __iter__(self):
+                k = start
+                while True:
+                    s = make_sample("eval", idx[k % len(idx)], 0, width=64, height=64, frames=17)
+                    yield {"video": frames_to_tensor(s.frames[None])[0]}
+                    k += 1
+        return Misses()
+
+    cfg = VAETrainConfig(out="runs/vae_probe", steps=steps, batch_size=5, lr=3e-4, warmup_steps=20,
+                         init="videodit/assets/bundle/vae", decoder_only=True, threads=2, resume=False, device="cpu",
+                         ema_decay=0.99)
+    tuned = VideoVAE.from_pretrained(train_vae(cfg, make_stream=make_stream))
+    left = shape_fails(tuned, idx)
+    print(f"after {steps} decoder-only steps on them: {len(left)} of {len(idx)} still missed: {left}")
+
+
 base = VideoVAE.from_pretrained("videodit/assets/bundle/vae")
 fails = shape_fails(base, range(300))
 print("misses of the shipped VAE:", fails, flush=True)
 if "--latents" in sys.argv:
     latent_probe(base, fails, int(sys.argv[1]))
-    sys.exit(0)
-
-
-def make_stream(start: int):
-    """The missed clips, over and over, in train-vae's stream format."""
-    class Misses(torch.utils.data.IterableDataset):
-        def __iter__(self):
-            k = start
-            while True:
-                s = make_sample("eval", fails[k % len(fails)], 0, width=64, height=64, frames=17)
-                yield {"video": frames_to_tensor(s.frames[None])[0]}
-                k += 1
-    return Misses()
-
-
-cfg = VAETrainConfig(out="runs/vae_probe", steps=int(sys.argv[1]), batch_size=5, lr=3e-4, warmup_steps=20,
-                     init="videodit/assets/bundle/vae", decoder_only=True, threads=2, resume=False, device="cpu", ema_decay=0.99)
-bundle = train_vae(cfg, make_stream=make_stream)
-tuned = VideoVAE.from_pretrained(bundle)
-left = shape_fails(tuned, fails)
-print(f"after {cfg.steps} decoder-only steps on them: {len(left)} of {len(fails)} still missed: {left}")
+else:
+    decoder_probe(fails, int(sys.argv[1]))

@@ -180,11 +180,11 @@ def _crop(x: torch.Tensor, cfg: VAETrainConfig, gen: torch.Generator, stride: in
     if cfg.crop_frames and cfg.crop_frames < Fr:
         t0 = int(torch.randint(0, Fr - cfg.crop_frames + 1, (1,), generator=gen))
         x = x[:, :, t0:t0 + cfg.crop_frames]
-    if cfg.crop_focus and (cfg.crop_size < H or cfg.crop_size < W):
-        c = cfg.crop_size
-        corners = focus_windows(x, c, stride, gen)
-        return torch.stack([clip[..., y0:y0 + c, x0:x0 + c] for clip, (y0, x0) in zip(x, corners)])
     if cfg.crop_size and (cfg.crop_size < H or cfg.crop_size < W):
+        if cfg.crop_focus:
+            c = cfg.crop_size
+            corners = focus_windows(x, c, stride, gen)
+            return torch.stack([clip[..., y0:y0 + c, x0:x0 + c] for clip, (y0, x0) in zip(x, corners)])
         y0 = int(torch.randint(0, H - cfg.crop_size + 1, (1,), generator=gen))
         x0 = int(torch.randint(0, W - cfg.crop_size + 1, (1,), generator=gen))
         x = x[..., y0:y0 + cfg.crop_size, x0:x0 + cfg.crop_size]
@@ -228,7 +228,7 @@ def focus_windows(x: torch.Tensor, size: int, stride: int, gen: torch.Generator)
 
     mass = edge_mask(x).sum(2)  # (B, 1, H, W): how many frames each pixel is an edge or moves
     window = F.avg_pool2d(mass, kernel_size=size, stride=stride) * size * size  # (B, 1, ny, nx)
-    ny, nx = window.shape[-2:]
+    nx = window.shape[-1]
     weights = (window + 1.0).flatten(1).float().cpu()  # gen is a CPU generator
     pick = torch.multinomial(weights, 1, generator=gen).squeeze(1)
     return [(int(k) // nx * stride, int(k) % nx * stride) for k in pick]
