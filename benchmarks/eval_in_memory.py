@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the bundle's)")
     ap.add_argument("--guidance", type=float, default=None, help="guidance (default: the bundle's)")
+    ap.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                    help="guide only at timesteps LO <= t <= HI (default: the bundle's)")
     ap.add_argument("--shift", type=float, default=None,
                     help="sampler timestep shift (default: the bundle's, i.e. resolution-aware)")
     ap.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
@@ -60,7 +62,8 @@ def main() -> None:
     videos = []
     for start in range(0, len(prompts), args.batch):
         batch = prompts[start:start + args.batch]
-        out = pipe(batch, size=size, frames=frames, steps=args.steps, guidance=args.guidance, seed=args.seed + start)
+        out = pipe(batch, size=size, frames=frames, steps=args.steps, guidance=args.guidance, seed=args.seed + start,
+                   guidance_interval=args.guidance_interval)
         videos += list(out)
     t_gen = time.perf_counter() - t0
     result = evaluate(videos, prompts, fps=pipe.config.fps)
@@ -69,6 +72,7 @@ def main() -> None:
     report["framing"] = {"generated": framing_stats(videos, per_video=True), "truth": framing_stats(truth)}
     report["setup"] = {"model": args.model, "size": f"{size[0]}x{size[1]}", "frames": frames, "n": args.n,
                        "batch": args.batch, "seed": args.seed, "device": device, "shift": args.shift,
+                       "guidance_interval": args.guidance_interval,
                        "generate_s": round(t_gen, 1)}
     Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     print(result.score_line())

@@ -113,6 +113,46 @@ def test_guidance_in_one_batch():
     assert calls == [4] and torch.equal(v, torch.full_like(v, 1.0 + 4.0 * (3.0 - 1.0)))
 
 
+def test_guidance_interval_runs_the_conditional_pass_alone_outside_it():
+    from videodit.dit import TextKV
+
+    calls = []
+
+    class Fake:
+        def __call__(self, x, t, *, text_kv):
+            calls.append((round(t.amax().item(), 3), x.shape[0], text_kv.mask.shape[0]))
+            return torch.cat([torch.full_like(x[:2], 3.0), torch.full_like(x[2:], 1.0)])
+
+    kv = TextKV([(torch.zeros(4, 1, 3, 2), torch.zeros(4, 1, 3, 2))], torch.ones(4, 1, 1, 3, dtype=torch.bool))
+    velocity = guided_velocity(Fake(), kv, guidance=4.0, interval=(0.2, 0.85))
+    x = torch.zeros(2, 1, 2, 1, 1)
+    held = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # a conditioning frame sits at t = 0
+    out = {t: velocity(x, t * held) for t in (1.0, 0.85, 0.5, 0.2, 0.1)}
+    # Inside [0.2, 0.85] one batch of 2B rows and the guided mix; outside, B rows and v_cond itself.
+    assert [c[1:] for c in calls] == [(2, 2), (4, 4), (4, 4), (4, 4), (2, 2)]
+    assert torch.equal(out[1.0], torch.full_like(x, 3.0)) and torch.equal(out[0.1], torch.full_like(x, 3.0))
+    assert torch.equal(out[0.5], torch.full_like(x, 1.0 + 4.0 * (3.0 - 1.0)))
+
+
+def test_guidance_interval_checked():
+    assert SamplerConfig().guidance_interval == (0.0, 1.0)  # plain guidance unless asked
+    for bad in ((0.9, 0.1), (-0.1, 0.5), (0.2, 1.5), (0.5,)):
+        with pytest.raises(VideoditError, match="guidance interval"):
+            SamplerConfig(guidance_interval=bad)
+
+
+def test_full_guidance_interval_is_plain_guidance():
+    model = random_model()
+    text, mask = embeddings()
+    shape = (2, TINY.in_channels, 2, 4, 4)
+    plain = generate(model, text, mask, shape, SamplerConfig(steps=3, guidance=3.0, seed=5, solver="heun"))
+    narrow = generate(model, text, mask, shape,
+                      SamplerConfig(steps=3, guidance=3.0, seed=5, solver="heun", guidance_interval=(0.3, 0.9)))
+    assert torch.equal(plain, generate(model, text, mask, shape, SamplerConfig(
+        steps=3, guidance=3.0, seed=5, solver="heun", guidance_interval=(0.0, 1.0))))
+    assert not torch.allclose(plain, narrow)
+
+
 # ----------------------------------------------------------------------------- generate with a DiT
 
 

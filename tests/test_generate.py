@@ -56,6 +56,7 @@ def test_batch_mode_writes_in_prompt_order(bundle, tmp_path):
     (["--size", "36x32"], "width 36: must be a multiple of 8"),
     (["-o", "x.avi"], "unsupported output type"),
     (["-o", "x.png"], "one frame"),
+    (["--guidance-interval", "0.9", "0.2"], "guidance interval (0.9, 0.2): need 0 <= LO <= HI <= 1"),
 ])
 def test_bad_requests_get_one_line_errors(bundle, tmp_path, capsys, args, message):
     argv = ["generate", "a red ball", "--model", str(bundle), "--steps", "1"] + args
@@ -111,6 +112,19 @@ def test_without_a_bundled_model_generate_says_so(capsys, monkeypatch, tmp_path)
     monkeypatch.setattr(pipeline, "BUNDLED", tmp_path / "bundle")  # as in a release without a DiT
     assert main(["generate", "a red ball", "-o", str(tmp_path / "v.mp4")]) == 2
     assert "ships no trained text-to-video model" in capsys.readouterr().err
+
+
+def test_guidance_interval_flag_reaches_the_sampler(bundle, tmp_path):
+    """--guidance-interval changes the video (guidance skipped at some steps) and 0 1 is plain guidance."""
+    def clip(name, *extra):
+        out = tmp_path / name
+        assert main(["generate", "a red ball", "-o", str(out), "--model", str(bundle), "--steps", "4",
+                     "--guidance", "4", *extra]) == 0
+        return read_video(out).frames
+
+    plain = clip("plain.mp4")
+    assert np.array_equal(plain, clip("full.mp4", "--guidance-interval", "0", "1"))
+    assert not np.array_equal(plain, clip("narrow.mp4", "--guidance-interval", "0.3", "0.8"))
 
 
 def test_bundled_model_generates_the_prompted_background(one_thread):

@@ -82,6 +82,8 @@ def test_bad_config_is_a_clear_error(tmp_path, tiny_vae):
         train_dit(_cfg(tmp_path, tiny_vae, latent_cache=1))
     with pytest.raises(VideoditError, match="preset"):
         train_dit(_cfg(tmp_path, tiny_vae, preset="huge"))
+    with pytest.raises(VideoditError, match="guidance interval"):
+        train_dit(_cfg(tmp_path, tiny_vae, sample_guidance_interval=(0.9, 0.1)))
     with pytest.raises(VideoditError, match="VAE bundle|not found|config.json"):
         train_dit(_cfg(tmp_path, tmp_path / "missing"))
 
@@ -244,7 +246,9 @@ def test_dit_trains_and_generates_on_a_per_channel_normalised_vae(tmp_path, tiny
     folder = vae.save_pretrained(tmp_path / "vae_pc")
     z = torch.ones(1, channels, 2, 2, 2)
     assert not torch.allclose(vae.normalize(z), base.normalize(z))
-    bundle = train_dit(_cfg(tmp_path, folder, steps=2, latent_cache=4))
+    bundle = train_dit(_cfg(tmp_path, folder, steps=2, latent_cache=4, sample_guidance_interval=(0.2, 0.85)))
     assert VideoVAE.from_pretrained(bundle / "vae").cfg.latent_channel_scale == vae.cfg.latent_channel_scale
-    video = Pipeline.load(bundle)("a red circle", frames=5, size=(32, 32), steps=2)
+    pipe = Pipeline.load(bundle)
+    assert pipe.config.sampler.guidance_interval == (0.2, 0.85)  # written to config.json, read back as the default
+    video = pipe("a red circle", frames=5, size=(32, 32), steps=2)
     assert video.shape == (5, 32, 32, 3)

@@ -30,7 +30,8 @@ prompting with images and videos (docs/PROMPTING.md):
   videodit generate "A red ball on a white background." --frames 1 -o still.png
 
 The output format follows the suffix of -o: .mp4 (H.264), .gif, .webp (animated), .png (one frame).
-Unset --steps / --guidance / --solver take the model bundle's defaults (see its config.json).
+Unset --steps / --guidance / --guidance-interval / --solver take the model bundle's defaults (its
+config.json; the bundled model guides only at 0.2 <= t <= 0.85, docs/MODEL.md).
 Images and clips of another size are resized and centre-cropped to --size (a note says so)."""
 
 
@@ -55,6 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=parse_size, help="WIDTHxHEIGHT (default: the bundle's, 64x64)")
     p.add_argument("--steps", type=int, help="sampler steps")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="guide only at timesteps LO <= t <= HI (1 = noise, 0 = clean), the conditional pass alone "
+                        "elsewhere; 0 1 = every step (default: the bundle's)")
     p.add_argument("--solver", choices=("euler", "heun"), help="ODE solver")
     p.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same video; default 0)")
     p.add_argument("--negative", default="", help="negative prompt: what the video should not show")
@@ -180,7 +184,8 @@ def _run(args: argparse.Namespace) -> int:
                                sampler=_sampler(pipe, args), negative=args.negative)
         else:
             video = pipe(prompt, frames=frames, size=args.size, steps=args.steps, guidance=args.guidance,
-                         seed=args.seed, negative=args.negative, solver=args.solver, on_step=on_step)
+                         seed=args.seed, negative=args.negative, solver=args.solver,
+                         guidance_interval=args.guidance_interval, on_step=on_step)
         bar.close()
         path.parent.mkdir(parents=True, exist_ok=True)
         write_video(path, video, fps=fps)
@@ -193,7 +198,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sampler(pipe, args):
-    return pipe.sampler(seed=args.seed, steps=args.steps, guidance=args.guidance, solver=args.solver)
+    return pipe.sampler(seed=args.seed, steps=args.steps, guidance=args.guidance, solver=args.solver,
+                        guidance_interval=args.guidance_interval)
 
 
 def _run_prompting(args: argparse.Namespace, mode: str, prompt: str, path: Path) -> int:

@@ -185,21 +185,26 @@ class Pipeline:
                         on_step=on_step)
 
     def sampler(self, *, seed: int = 0, steps: int | None = None, guidance: float | None = None,
-                solver: str | None = None) -> SamplerConfig:
+                solver: str | None = None, guidance_interval: tuple[float, float] | None = None) -> SamplerConfig:
         """The bundle's sampler settings with the given ones replaced (None keeps the bundle's)."""
-        changes = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("solver", solver)) if v is not None}
+        changes = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("solver", solver),
+                                     ("guidance_interval", guidance_interval)) if v is not None}
+        if "guidance_interval" in changes:
+            changes["guidance_interval"] = tuple(changes["guidance_interval"])
         return dataclasses.replace(self.config.sampler, seed=seed, **changes)
 
     def __call__(self, prompt: str | list[str], *, frames: int | None = None, size: tuple[int, int] | None = None,
                  steps: int | None = None, guidance: float | None = None, seed: int = 0, negative: str = "",
                  solver: str | None = None, cond: FrameCondition | None = None,
+                 guidance_interval: tuple[float, float] | None = None,
                  on_step: Callable[[int, int], None] | None = None) -> np.ndarray:
         """One prompt -> (F, H, W, 3) uint8; a list of prompts -> (B, F, H, W, 3). Unset settings
         take the bundle's defaults. The empty prompt generates unconditionally."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise VideoditError("no prompts given")
-        sampler = self.sampler(seed=seed, steps=steps, guidance=guidance, solver=solver)
+        sampler = self.sampler(seed=seed, steps=steps, guidance=guidance, solver=solver,
+                               guidance_interval=guidance_interval)
         latents = self.generate_latents(prompts, frames=frames or self.config.frames, size=size or self.config.size,
                                         sampler=sampler, negative=negative, cond=cond, on_step=on_step)
         out = self.decode_latents(latents)

@@ -391,6 +391,6 @@ def edit(pipe: Pipeline, prompt: str, clip: np.ndarray, strength: float = DEFAUL
     # no_grad, not inference_mode: autocast keeps its bf16 weight casts across steps only there (sample.py).
     with torch.no_grad(), autocast:
         velocity = guided_velocity(pipe.dit, pipe.dit.text_kv(text.to(pipe.device), mask.to(pipe.device)),
-                                   sampler.guidance)
+                                   sampler.guidance, sampler.guidance_interval)
         latents = solve(velocity, x, timesteps, sampler.solver).float()
     return pipe.decode_latents(latents)[0][:F]

@@ -9,7 +9,9 @@ Pieces, from the inside out:
   after every step). Image-to-video, extension, connecting two clips and loops are all this one
   mechanism with different frame masks;
 - ``guided_velocity``: classifier-free guidance (Ho & Salimans 2022) with the conditional and
-  the unconditional (or negative-prompt) passes in one batch, against text K/V computed once;
+  the unconditional (or negative-prompt) passes in one batch, against text K/V computed once,
+  optionally only inside a timestep interval (Kynkaanniemi et al. 2024), the conditional pass
+  alone elsewhere;
 - ``generate``: seeded noise, the shifted timestep list, autocast, all of the above.
 
 Unconditional = the empty prompt = an all-False text mask (``videodit.text``); a negative prompt's
@@ -36,11 +38,29 @@ class SamplerConfig:
     steps: int = field(default=30, metadata={"help": "ODE steps (Heun uses two model calls per step)"})
     solver: str = field(default="euler", metadata={"help": f"one of {SOLVERS}"})
     guidance: float = field(default=5.0, metadata={"help": "classifier-free guidance scale; 1 = no guidance"})
+    guidance_interval: tuple[float, float] = field(default=(0.0, 1.0), metadata={
+        "help": "guide only at steps whose timestep t has lo <= t <= hi; elsewhere the conditional velocity "
+                "alone, one pass (guidance in a limited interval, Kynkaanniemi et al. 2024); (0, 1) = every step"})
     shift: float | None = field(default=None, metadata={
         "help": "timestep shift s (t' = s t / (1 + (s-1) t)); unset = flow.resolution_shift of the latent size"})
     seed: int = field(default=0, metadata={"help": "noise seed"})
     bf16: bool = field(default=True, metadata={
         "help": "run the DiT under bf16 autocast (CPU with AVX512-BF16/AMX, CUDA)"})
+
+    def __post_init__(self):
+        check_interval(self.guidance_interval)
+
+
+def check_interval(interval) -> tuple[float, float]:
+    """A guidance interval (lo, hi) with 0 <= lo <= hi <= 1, or a clear error."""
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise VideoditError(f"guidance interval {interval!r}: expected two numbers LO HI") from None
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise VideoditError(f"guidance interval ({lo}, {hi}): need 0 <= LO <= HI <= 1 (timesteps run from 1 = "
+                            f"noise to 0 = clean; (0, 1) guides every step)")
+    return lo, hi
 
 
 @dataclass(frozen=True)
@@ -104,13 +124,24 @@ def pad_text(text: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch
     return F.pad(text, (0, 0, 0, extra)), F.pad(mask, (0, extra), value=False)
 
 
-def guided_velocity(dit, text_kv, guidance: float) -> Velocity:
+def guided_velocity(dit, text_kv, guidance: float, interval: tuple[float, float] = (0.0, 1.0)) -> Velocity:
     """Velocity with classifier-free guidance. ``text_kv`` is ``dit.text_kv`` of the 2B prompts
-    [conditional; unconditional or negative] when guidance != 1, of the B prompts otherwise."""
+    [conditional; unconditional or negative] when guidance != 1, of the B prompts otherwise.
+    Steps whose timestep lies outside ``interval`` run the conditional pass alone (B rows): at
+    high noise guidance inflates the layout, at low noise it sharpens the DiT's specks
+    (docs/MODEL.md measures both)."""
+    lo, hi = check_interval(interval)
     if guidance == 1.0:
         return lambda x, t: dit(x, t, text_kv=text_kv)
+    conditional: list = []  # the conditional half of text_kv, sliced once when first needed
 
     def velocity(x, t):
+        step_t = t.amax().item()  # the step's timestep (held conditioning frames sit at 0)
+        if not lo - 1e-6 <= step_t <= hi + 1e-6:  # the ends count, t being float32
+            if not conditional:
+                B = x.shape[0]
+                conditional.append(type(text_kv)([(k[:B], v[:B]) for k, v in text_kv.kv], text_kv.mask[:B]))
+            return dit(x, t, text_kv=conditional[0]).float()
         v = dit(torch.cat([x, x]), torch.cat([t, t]), text_kv=text_kv)  # (2B, c, T, h, w)
         v_cond, v_uncond = v.float().chunk(2)
         return v_uncond + guidance * (v_cond - v_uncond)
@@ -155,5 +186,5 @@ def generate(dit, text: torch.Tensor, text_mask: torch.Tensor, shape: tuple[int,
     # and re-casting all weights every step cost ~15% of a sampling run's CPU time (benchmarks/RESULTS.md).
     with torch.no_grad(), autocast:
         text_kv = dit.text_kv(text, text_mask)
-        velocity = guided_velocity(dit, text_kv, config.guidance)
+        velocity = guided_velocity(dit, text_kv, config.guidance, config.guidance_interval)
         return solve(velocity, x, timesteps, config.solver, cond, on_step).float()

@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--n", type=int, default=None, help="with --model: how many SynthWorld eval prompts (default 100)")
     gen.add_argument("--steps", type=int, default=None, help="with --model: sampler steps (default: the bundle's)")
     gen.add_argument("--guidance", type=float, default=None, help="with --model: guidance (default: the bundle's)")
+    gen.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                     help="with --model: guide only at timesteps LO <= t <= HI (default: the bundle's)")
     gen.add_argument("--seed", type=int, default=0, help="with --model: seed of video i is SEED + i (default 0)")
     gen.add_argument("--size", default=None, help="with --model: video size WxH, e.g. 80x48 (default: the bundle's)")
     gen.add_argument("--frames", type=int, default=None, help="with --model: frames, 4k+1 (default: the bundle's)")
@@ -90,7 +92,7 @@ def generate_for_eval(args: argparse.Namespace) -> None:
     pipe = Pipeline.load(None if args.model == "bundled" else args.model)
     for i, prompt in enumerate(tqdm(prompts, desc="generate", unit="video")):
         video = pipe(prompt, steps=args.steps, guidance=args.guidance, seed=args.seed + i, size=size,
-                     frames=args.frames)
+                     frames=args.frames, guidance_interval=args.guidance_interval)
         write_video(folder / f"{i:05d}.mp4", video, fps=pipe.config.fps)
     (folder / "prompts.txt").write_text("\n".join(prompts) + "\n")
     args.videos, args.prompts = str(folder), str(folder / "prompts.txt")

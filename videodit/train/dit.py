@@ -84,6 +84,9 @@ class DiTTrainConfig:
     sample_prompts: int = field(default=16, metadata={"help": "SynthWorld eval prompts sampled at each evaluation"})
     sample_steps: int = field(default=20, metadata={"help": "sampler steps for the periodic samples"})
     sample_guidance: float = field(default=4.0, metadata={"help": "guidance for the periodic samples and the bundle"})
+    sample_guidance_interval: tuple[float, ...] = field(default=(0.0, 1.0), metadata={
+        "help": "guidance interval LO HI for the periodic samples and the bundle: guide only at timesteps "
+                "LO <= t <= HI (videodit.sample.SamplerConfig.guidance_interval)"})
     resume: bool = field(default=True, metadata={"help": "resume from OUT/checkpoint.pt when it exists"})
     tokens_per_batch: int = field(default=0, metadata={
         "help": "size buckets: give each (size, frames) bucket the batch size that holds about this many "
@@ -119,6 +122,9 @@ class DiTTrainConfig:
             raise VideoditError("--steps and --batch-size must be >= 1")
         if self.pack < 0 or self.pack == 1:
             raise VideoditError(f"--pack {self.pack}: give 0 (off) or the number of batches per step, >= 2")
+        from videodit.sample import check_interval
+
+        check_interval(self.sample_guidance_interval)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,7 +441,8 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
             print(f"initialised from {cfg.init}")
     ddp = DistributedDataParallel(model) if dist.world_size > 1 else model
     global_batch = cfg.batch_size * dist.world_size
-    bundle_cfg = BundleConfig(text=text.config, sampler=SamplerConfig(guidance=cfg.sample_guidance),
+    sampler = SamplerConfig(guidance=cfg.sample_guidance, guidance_interval=tuple(cfg.sample_guidance_interval))
+    bundle_cfg = BundleConfig(text=text.config, sampler=sampler,
                               size=_parse_size(cfg.sizes[0]), frames=cfg.frames[0])
     pipe = Pipeline(vae, ema, text, bundle_cfg)
     prompts = eval_prompts(cfg.sample_prompts) if cfg.sample_every else []
