@@ -14,6 +14,7 @@ process: imports, model load, generation, mp4 write), median of --cold runs. Its
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import resource
 import statistics
@@ -38,6 +39,8 @@ def main() -> None:
     parser.add_argument("--cold", type=int, default=3, help="cold `videodit generate` commands to time (0 = skip)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one sampling run")
+    parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                        help="guide only at timesteps LO <= t <= HI (default: the bundle's; 0 1 = every step)")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
@@ -49,9 +52,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     pipe = Pipeline.load(args.model)
     load_s = time.perf_counter() - t0
+    if args.guidance_interval is not None:
+        pipe.config = dataclasses.replace(pipe.config, sampler=pipe.sampler(guidance_interval=args.guidance_interval))
     cfg = pipe.config
     print(f"bundle: {args.model or 'bundled'}; {cfg.frames} frames at {cfg.size[0]}x{cfg.size[1]}, "
-          f"{cfg.sampler.steps} {cfg.sampler.solver} steps, guidance {cfg.sampler.guidance}; "
+          f"{cfg.sampler.steps} {cfg.sampler.solver} steps, guidance {cfg.sampler.guidance} at "
+          f"{cfg.sampler.guidance_interval[0]} <= t <= {cfg.sampler.guidance_interval[1]}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.2f}")
 
     prompt = "A small red circle moves to the right on a black background."
