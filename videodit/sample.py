@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from videodit import flow
+from videodit.dit import TextKV
 from videodit.errors import VideoditError
 
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (B,c,T,h,w), t (B,T)) -> v
@@ -140,7 +141,7 @@ def guided_velocity(dit, text_kv, guidance: float, interval: tuple[float, float]
         if not lo - 1e-6 <= step_t <= hi + 1e-6:  # the ends count, t being float32
             if not conditional:
                 B = x.shape[0]
-                conditional.append(type(text_kv)([(k[:B], v[:B]) for k, v in text_kv.kv], text_kv.mask[:B]))
+                conditional.append(TextKV([(k[:B], v[:B]) for k, v in text_kv.kv], text_kv.mask[:B]))
             return dit(x, t, text_kv=conditional[0]).float()
         v = dit(torch.cat([x, x]), torch.cat([t, t]), text_kv=text_kv)  # (2B, c, T, h, w)
         v_cond, v_uncond = v.float().chunk(2)
