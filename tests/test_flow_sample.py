@@ -136,6 +136,7 @@ def test_guidance_interval_runs_the_conditional_pass_alone_outside_it():
 
 def test_guidance_interval_checked():
     assert SamplerConfig().guidance_interval == (0.0, 1.0)  # plain guidance unless asked
+    assert SamplerConfig(guidance_interval=[0.2, 1]).guidance_interval == (0.2, 1.0)  # a list is stored as a tuple
     for bad in ((0.9, 0.1), (-0.1, 0.5), (0.2, 1.5), (0.5,)):
         with pytest.raises(VideoditError, match="guidance interval"):
             SamplerConfig(guidance_interval=bad)

@@ -189,8 +189,6 @@ class Pipeline:
         """The bundle's sampler settings with the given ones replaced (None keeps the bundle's)."""
         changes = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("solver", solver),
                                      ("guidance_interval", guidance_interval)) if v is not None}
-        if "guidance_interval" in changes:
-            changes["guidance_interval"] = tuple(changes["guidance_interval"])
         return dataclasses.replace(self.config.sampler, seed=seed, **changes)
 
     def __call__(self, prompt: str | list[str], *, frames: int | None = None, size: tuple[int, int] | None = None,

@@ -49,7 +49,8 @@ class SamplerConfig:
         "help": "run the DiT under bf16 autocast (CPU with AVX512-BF16/AMX, CUDA)"})
 
     def __post_init__(self):
-        check_interval(self.guidance_interval)
+        # Checked, and stored as a tuple of floats whatever sequence came in (a JSON list, argparse's list).
+        object.__setattr__(self, "guidance_interval", check_interval(self.guidance_interval))
 
 
 def check_interval(interval) -> tuple[float, float]:

@@ -441,7 +441,7 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
             print(f"initialised from {cfg.init}")
     ddp = DistributedDataParallel(model) if dist.world_size > 1 else model
     global_batch = cfg.batch_size * dist.world_size
-    sampler = SamplerConfig(guidance=cfg.sample_guidance, guidance_interval=tuple(cfg.sample_guidance_interval))
+    sampler = SamplerConfig(guidance=cfg.sample_guidance, guidance_interval=cfg.sample_guidance_interval)
     bundle_cfg = BundleConfig(text=text.config, sampler=sampler,
                               size=_parse_size(cfg.sizes[0]), frames=cfg.frames[0])
     pipe = Pipeline(vae, ema, text, bundle_cfg)
