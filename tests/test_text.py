@@ -115,3 +115,33 @@ def test_native_bert_equals_transformers(dtype):
         with torch.no_grad():
             assert torch.equal(enc.model(**ours).last_hidden_state, model(**ref).last_hidden_state)
     assert [enc.tokenizer(p)["input_ids"] for p in prompts] == [tokenizer(p)["input_ids"] for p in prompts]
+
+
+def _copy_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "text_encoder_copy.py"
+    spec = importlib.util.spec_from_file_location("text_encoder_copy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("int8, rows", [(False, 0), (True, 300)])
+def test_compact_copy_round_trip(tmp_path, int8, rows):
+    """scripts/text_encoder_copy.py: pack, unpack, and the rebuilt folder encodes SynthWorld prompts
+    close to the installed encoder (the GPU runs train with such a copy)."""
+    copy = _copy_script()
+    copy.pack(tmp_path / "q", int8, rows)
+    copy.unpack(tmp_path / "q", tmp_path / "fp16")
+    err = copy.output_error(tmp_path / "fp16", 20)
+    assert 0 < err < (0.03 if int8 else 0.01)
+    if rows:
+        # Pruned: SynthWorld's words keep their rows, a word it never uses comes back as zeros.
+        from safetensors.torch import load_file
+
+        words = load_file(str(tmp_path / "fp16" / "model.safetensors"))[copy.WORDS]
+        tok = TextEncoder(TextEncoderConfig(model=str(tmp_path / "fp16"))).tokenizer
+        assert words[tok("red")["input_ids"][1]].abs().sum() > 0
+        assert words[tok("violin")["input_ids"][1]].abs().sum() == 0

@@ -376,6 +376,11 @@ def test_per_channel_latent_stats_measured_with_steps_0_and_used_by_normalize(tm
     kept = VideoVAE.from_pretrained(tmp_path / "e" / "bundle").cfg
     assert (kept.latent_channel_shift, kept.latent_channel_scale) == (chan.cfg.latent_channel_shift,
                                                                         chan.cfg.latent_channel_scale)
+    # a whole-VAE fine-tune from a per-channel bundle measures its statistics per channel again
+    assert main(["train-vae", "--out", str(tmp_path / "f"), "--steps", "1", "--init", str(out), *common]) == 0
+    again = VideoVAE.from_pretrained(tmp_path / "f" / "bundle").cfg
+    assert len(again.latent_channel_scale) == again.latent_channels
+    assert again.latent_channel_scale != chan.cfg.latent_channel_scale
     with pytest.raises(VideoditError, match="need 4 values"):
         dataclasses.replace(glob.cfg, latent_channel_shift=(0.0,), latent_channel_scale=(1.0,))
 

@@ -11,14 +11,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 here = Path(__file__).resolve().parent
-dit = list(csv.DictReader(open(here / "dit_train_log.csv")))
+dit = list(csv.DictReader(open(here / "dit_train_log.csv")))  # session 7: cpu-medium, one H100
 vae = list(csv.DictReader(open(here / "vae_finetune_log.csv")))
-# Session 3: the DiT continued from step 2300 (--init bundled, other clips), and the VAE's decoder
-# fine-tuned alone (--decoder-only); both logs count their steps from 0.
-more = list(csv.DictReader(open(here / "dit_continue_log.csv")))
-for r in more:
-    r["step"] = str(int(r["step"]) + 2300)
-dit += more
+# The VAE's decoder was fine-tuned alone afterwards (--decoder-only, session 3); its log counts from 0.
 dec = list(csv.DictReader(open(here / "vae_decoder_log.csv")))
 
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -28,10 +23,10 @@ for frames, colour in (("1", "tab:blue"), ("9", "tab:orange"), ("17", "tab:green
     ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], ".", color=colour,
             label=f"{frames}-frame batches")
 ax.set(title="DiT flow-matching loss (logged batch)", xlabel="step", ylabel="loss", yscale="log")
-ax.axvline(1456, color="gray", lw=0.8, ls="--")
-ax.text(1470, ax.get_ylim()[1] * 0.7, "restart", fontsize=8, color="gray")
-ax.axvline(2300, color="gray", lw=0.8, ls=":")
-ax.text(2320, ax.get_ylim()[1] * 0.45, "session 3", fontsize=8, color="gray")
+# The main run ended its cosine schedule at step 2436; a second call resumed it to 3496 with the
+# schedule stretched to 3500 steps (the learning rate rose to 1.6e-4, then decayed again).
+ax.axvline(2436, color="gray", lw=0.8, ls="--")
+ax.text(2450, ax.get_ylim()[1] * 0.7, "resumed", fontsize=8, color="gray")
 ax.legend(fontsize=7)
 ax = axes[1]
 ax.plot([int(r["step"]) for r in dit], [float(r["lr"]) for r in dit], color="tab:purple")

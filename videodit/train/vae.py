@@ -104,8 +104,8 @@ class VAETrainConfig:
                 "into clean frames (the target stays the clean clip). 0 = off"})
     per_channel_latents: bool = field(default=False, metadata={
         "help": "measure the latent shift/scale per channel (each channel to mean 0, std 1) instead of one "
-                "for all channels; with --init BUNDLE --steps 0 only the statistics are measured. A DiT "
-                "must be trained on the latents of the VAE it is used with"})
+                "for all channels; with --init BUNDLE --steps 0 only the statistics are measured; on by itself when --init's VAE "
+                "has per-channel statistics. A DiT must be trained on the latents of the VAE it is used with"})
 
     def check(self) -> None:
         from videodit.vae import PRESETS
@@ -528,7 +528,9 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
         if cfg.decoder_only or cfg.anchor_weight:  # --init's latent space: so are its statistics
             final_cfg = vae_cfg
         else:
-            final_cfg = with_latent_stats(vae_cfg, *latent_stats(ema, stats_batches, per_channel=cfg.per_channel_latents))
+            # per channel when asked, or when --init's VAE already measures them per channel
+            per_channel = cfg.per_channel_latents or bool(vae_cfg.latent_channel_scale)
+            final_cfg = with_latent_stats(vae_cfg, *latent_stats(ema, stats_batches, per_channel=per_channel))
         final = VideoVAE(final_cfg)
         final.load_state_dict(ema.state_dict())
         final.save_pretrained(bundle)
