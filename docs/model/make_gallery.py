@@ -33,7 +33,9 @@ for i, (prompt, video) in enumerate(zip(prompts, result.videos)):
     checked = {k: m.passed for k, m in video.metrics.items() if m.passed is not None}
     passed = [k for k, ok in checked.items() if ok]
     failed = [k for k, ok in checked.items() if not ok]
-    verdict = f"{len(passed)}/{len(checked)}: " + ", ".join(passed) + ("; missed " + ", ".join(failed) if failed else "")
+    parts = [", ".join(passed)] if passed else []
+    parts += ["missed " + ", ".join(failed)] if failed else []
+    verdict = f"{len(passed)}/{len(checked)}: " + "; ".join(parts)
     rows.append(f'| <img src="gallery/{i:02d}.webp" width="128" alt="clip {i}"> | {i}: {prompt} | {verdict} |')
 (here / "gallery.md").write_text("\n".join(rows) + "\n")
 print("\n".join(rows))
