@@ -89,9 +89,9 @@ def pack(dest: Path, int8_all: bool, synthworld_rows: int) -> None:
         state[WORDS] = state[WORDS][rows]
         packed[WORDS + ".rows"] = rows.to(torch.int32)
     for name, value in state.items():
-        # The word table goes int8 unless pruned (then it is small enough to keep in fp16).
+        # int8: the word table unless pruned (then it is small enough for fp16), one scale per row;
+        # with --int8 the transformer layers' matrices too, one scale per 32 columns.
         if (name == WORDS and not synthworld_rows) or (int8_all and value.ndim == 2 and name.startswith("encoder.")):
-            # the word table keeps one scale per row (as before); other matrices one per 32 columns
             packed[name + ".q"], packed[name + ".scale"] = _int8(value, value.shape[1] if name == WORDS else 32)
         else:
             packed[name] = value.half()
