@@ -512,3 +512,57 @@ def test_evaluate_reconstruction_with_latent_noise_scores_lower():
     noisy = evaluate_reconstruction(vae, n=2, width=32, height=32, frames=5, batch_size=2, latent_noise=1.0)
     again = evaluate_reconstruction(vae, n=2, width=32, height=32, frames=5, batch_size=2, latent_noise=1.0)
     assert noisy["psnr"] < clean["psnr"] and noisy["psnr"] == again["psnr"]
+
+
+def test_widened_decoder_computes_what_the_narrow_one_did_and_its_new_channels_learn():
+    """widen_decoder: a decoder with twice the channels, copied from a (randomised) narrow one, gives
+    the same output in fp32; its new, zeroed weights get gradients; a narrower copy is refused."""
+
+    from videodit.vae import widen_decoder
+
+    torch.manual_seed(0)
+    cfg = PRESETS["tiny"]
+    narrow = VideoVAE(cfg)
+    for m in narrow.modules():
+        if isinstance(m, torch.nn.Conv3d):
+            torch.nn.init.normal_(m.weight, std=0.2)
+            torch.nn.init.normal_(m.bias, std=0.2)
+    wide = VideoVAE(dataclasses.replace(cfg, decoder_base_channels=2 * cfg.base_channels))
+    widen_decoder(narrow.decoder, wide.decoder)
+    narrow.compute_dtype = wide.compute_dtype = torch.float32
+    z = torch.randn(2, cfg.latent_channels, 3, 4, 4)
+    a, b = narrow.decode(z), wide.decode(z)
+    assert a.abs().mean() > 0.1 and torch.allclose(a, b, rtol=1e-5, atol=1e-5 * a.abs().max().item())
+    b.square().mean().backward()
+    conv2 = wide.decoder.blocks[0].conv2.conv  # zeroed outside the copied block, yet learning
+    n = narrow.decoder.blocks[0].conv2.conv.weight.shape[0]
+    assert conv2.weight.grad[:n, n:].abs().sum() > 0 and conv2.weight.grad[n:].abs().sum() > 0
+    with pytest.raises(VideoditError, match="can only be widened"):
+        widen_decoder(wide.decoder, narrow.decoder)
+
+
+def test_train_vae_decoder_channels_widens_the_init_decoder(tmp_path, capsys):
+    """--init B --decoder-only --decoder-channels W: the bundle's decoder is W wide, its encoder and
+    latent statistics are B's, and it loads and decodes; narrowing is refused with a clear error."""
+    from safetensors.torch import load_file
+
+    from videodit.cli import main
+
+    common = ["--preset", "tiny", "--batch-size", "1", "--width", "32", "--height", "32", "--frames", "5",
+              "--stats-batches", "1", "--device", "cpu", "--threads", "1"]
+    assert main(["train-vae", "--out", str(tmp_path / "a"), "--steps", "2", *common]) == 0
+    init = tmp_path / "a" / "bundle"
+    assert main(["train-vae", "--out", str(tmp_path / "b"), "--steps", "2", "--init", str(init), "--decoder-only",
+                 "--decoder-channels", "16", *common]) == 0
+    out = tmp_path / "b" / "bundle"
+    assert "decoder widened 8 -> 16 channels" in capsys.readouterr().out
+    wide, narrow = VideoVAE.from_pretrained(out), VideoVAE.from_pretrained(init)
+    assert wide.cfg.decoder_channels == 16 and wide.cfg.base_channels == narrow.cfg.base_channels == 8
+    assert (wide.cfg.latent_shift, wide.cfg.latent_scale) == (narrow.cfg.latent_shift, narrow.cfg.latent_scale)
+    before, after = load_file(init / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+    with torch.no_grad():
+        assert wide.decode(torch.zeros(1, wide.cfg.latent_channels, 2, 8, 8)).shape == (1, 3, 5, 32, 32)
+    assert main(["train-vae", "--out", str(tmp_path / "c"), "--steps", "1", "--init", str(out), "--decoder-only",
+                 "--decoder-channels", "8", *common]) == 2
+    assert "can be widened, not narrowed" in capsys.readouterr().err

@@ -152,7 +152,7 @@ class Pipeline:
         # (the CPU flash kernel is blockwise, but the math fallback builds the full score matrix).
         dit_bytes = rows * tokens * self.dit.config.dim * 4 * 12 + rows * self.dit.config.heads * tokens ** 2 * 4
         # VAE decoder: a few full-resolution feature maps of its widest layer at once.
-        vae_bytes = batch * frames * height * width * self.vae.cfg.base_channels * max(self.vae.cfg.channel_mults) * 4 * 4
+        vae_bytes = batch * frames * height * width * self.vae.cfg.decoder_channels * max(self.vae.cfg.channel_mults) * 4 * 4
         need = dit_bytes + vae_bytes
         free = available_memory()
         if free and need > free:

@@ -41,6 +41,9 @@ class VAEConfig:
         "help": "channel multiplier per resolution level; spatial stride = 2 ** (levels - 1) (3 levels -> 4, 4 -> 8)"})
     num_res_blocks: int = field(default=1, metadata={"help": "residual blocks per level (decoder uses one more)"})
     latent_channels: int = field(default=8, metadata={"help": "channels of the latent"})
+    decoder_base_channels: int = field(default=0, metadata={
+        "help": "the decoder's channels at full resolution (0 = base_channels); a decoder wider than the "
+                "encoder spends its capacity where a video generator's samples are drawn"})
     latent_shift: float = field(default=0.0, metadata={
         "help": "normalize(z) = (z - shift) * scale; measured on data after training"})
     latent_scale: float = field(default=1.0, metadata={"help": "see latent_shift"})
@@ -53,8 +56,10 @@ class VAEConfig:
         if len(self.channel_mults) < 3:
             raise VideoditError(f"VAEConfig.channel_mults={self.channel_mults}: need at least 3 levels "
                                 "(the temporal stride 4 uses two downsampling stages)")
-        if self.base_channels < 8 or self.latent_channels < 1 or self.num_res_blocks < 0:
+        if (self.base_channels < 8 or self.latent_channels < 1 or self.num_res_blocks < 0
+                or (self.decoder_base_channels and self.decoder_base_channels < 8)):
             raise VideoditError(f"VAEConfig: invalid sizes base_channels={self.base_channels}, "
+                                f"decoder_base_channels={self.decoder_base_channels}, "
                                 f"latent_channels={self.latent_channels}, num_res_blocks={self.num_res_blocks}")
         shift, scale = self.latent_channel_shift, self.latent_channel_scale
         if (shift or scale) and not (len(shift) == len(scale) == self.latent_channels and min(scale) > 0):
@@ -64,6 +69,10 @@ class VAEConfig:
     @property
     def spatial_stride(self) -> int:
         return 2 ** (len(self.channel_mults) - 1)
+
+    @property
+    def decoder_channels(self) -> int:
+        return self.decoder_base_channels or self.base_channels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +199,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        chans = [cfg.base_channels * m for m in cfg.channel_mults]
+        chans = [cfg.decoder_channels * m for m in cfg.channel_mults]
         n_down = len(chans) - 1
         cin = chans[-1]
         self.conv_in = CausalConv3d(cfg.latent_channels, cin)
@@ -212,6 +221,41 @@ class Decoder(nn.Module):
         for block in self.blocks:
             h = block(h, cache)
         return self.conv_out(F.silu(h), cache)
+
+
+@torch.no_grad()
+def widen_decoder(src: Decoder, dst: Decoder) -> None:
+    """Copy the decoder ``src`` into ``dst``, which has the same levels and blocks but at least as
+    many channels everywhere, so that ``dst`` computes exactly what ``src`` does (up to float
+    rounding), while its new channels can still learn.
+
+    The old channels keep their indices. Every conv that writes the residual stream (conv_in, a
+    block's second conv and skip, an upsampler's conv) and conv_out gets zeros wherever a new
+    channel is involved, so the stream's new channels start at zero and nothing new reaches the
+    old outputs. The convs that make a block's hidden units or the upsampler's extra frames
+    (conv1, time_conv) keep ``dst``'s random init on their new rows: those units are live from the
+    first step, so the zeroed weights that read them get gradients and grow. (The same
+    function-preserving idea as Net2Net's widening, Chen et al. 2016, with zeros in place of
+    copied units.)"""
+    src_convs = {n: m for n, m in src.named_modules() if isinstance(m, nn.Conv3d)}
+    dst_convs = {n: m for n, m in dst.named_modules() if isinstance(m, nn.Conv3d)}
+    if src_convs.keys() != dst_convs.keys():
+        raise VideoditError("widen_decoder: the two decoders differ in levels or blocks, not only in width")
+    for name, old in src_convs.items():
+        new = dst_convs[name]
+        o, i = old.weight.shape[:2]
+        if new.weight.shape[0] < o or new.weight.shape[1] < i:
+            raise VideoditError(f"widen_decoder: {name} is narrower in the new decoder "
+                                f"({tuple(new.weight.shape[:2])} < {o, i}); a decoder can only be widened")
+        if ".conv1." not in name and "time_conv." not in name:
+            new.weight.zero_()
+            new.bias.zero_()
+        rows = torch.arange(o, device=new.weight.device)
+        if "time_conv." in name:  # 2C outputs = two frames of C channels each: (pair, channel) order
+            half = new.weight.shape[0] // 2
+            rows = torch.cat([rows[:o // 2], half + rows[:o // 2]])
+        new.weight[rows, :i] = old.weight.to(new.weight)
+        new.bias[rows] = old.bias.to(new.bias)
 
 
 # ---------------------------------------------------------------------------------------------

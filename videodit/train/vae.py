@@ -89,6 +89,11 @@ class VAETrainConfig:
     init: str = field(default="", metadata={
         "help": "start from this VAE bundle's weights (model and EMA; e.g. the bundled VAE, to continue its "
                 "training on a fresh machine) instead of a random init; a checkpoint to resume wins"})
+    decoder_channels: int = field(default=0, metadata={
+        "help": "the decoder's channels at full resolution (0 = the preset's, or --init's); with --init, a "
+                "wider decoder starts as an exact copy of --init's (widen_decoder in videodit/vae.py: new "
+                "channels start silent), so that with --decoder-only the latents stay --init's and a DiT "
+                "trained on them stays valid while the decoder gains capacity"})
     stats_batches: int = field(default=8, metadata={"help": "batches used to measure the latent scale/shift"})
     decoder_only: bool = field(default=False, metadata={
         "help": "train only the decoder, from --init: the encoder, hence the latent space and its "
@@ -142,6 +147,8 @@ class VAETrainConfig:
         if self.latent_noise < 0 or (self.latent_noise and not self.decoder_only):
             raise VideoditError(f"--latent-noise {self.latent_noise}: must be >= 0, and goes with --decoder-only "
                                 "(the noise is in --init's normalised latent units, which only a frozen encoder keeps)")
+        if self.decoder_channels and self.decoder_channels < 8:
+            raise VideoditError(f"--decoder-channels {self.decoder_channels}: must be >= 8 (or 0: unchanged)")
         if self.decoder_only and not self.init:
             raise VideoditError("--decoder-only needs --init BUNDLE: the encoder it keeps must come from somewhere")
 
@@ -367,7 +374,13 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
         init_cfg = read_bundle_config(VAEConfig, cfg.init, "VAE")
         vae_cfg = dataclasses.replace(
             vae_cfg, latent_shift=init_cfg.latent_shift, latent_scale=init_cfg.latent_scale,
-            latent_channel_shift=init_cfg.latent_channel_shift, latent_channel_scale=init_cfg.latent_channel_scale)
+            latent_channel_shift=init_cfg.latent_channel_shift, latent_channel_scale=init_cfg.latent_channel_scale,
+            decoder_base_channels=init_cfg.decoder_base_channels)
+        if cfg.decoder_channels and cfg.decoder_channels < init_cfg.decoder_channels:
+            raise VideoditError(f"--decoder-channels {cfg.decoder_channels}: --init's decoder already has "
+                                f"{init_cfg.decoder_channels}; a decoder can be widened, not narrowed")
+    if cfg.decoder_channels:
+        vae_cfg = dataclasses.replace(vae_cfg, decoder_base_channels=cfg.decoder_channels)
     torch.manual_seed(cfg.seed)
     model = VideoVAE(vae_cfg).to(device)
     if cfg.decoder_only:
@@ -397,11 +410,17 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
             print(f"resumed from {ckpt_path} at step {step}")
     elif cfg.init:
         from videodit.train.checkpoint import load_safetensors_checked
+        from videodit.vae import widen_decoder
 
-        load_safetensors_checked(model, Path(cfg.init) / "model.safetensors")
+        src = VideoVAE(dataclasses.replace(vae_cfg, decoder_base_channels=init_cfg.decoder_base_channels))
+        load_safetensors_checked(src, Path(cfg.init) / "model.safetensors")
+        model.encoder.load_state_dict(src.encoder.state_dict())
+        widen_decoder(src.decoder, model.decoder)  # a plain copy when the widths agree
         ema.load_state_dict(model.state_dict())
         if dist.is_main:
-            print(f"initialised from {cfg.init}")
+            wider = (f", decoder widened {init_cfg.decoder_channels} -> {vae_cfg.decoder_channels} channels"
+                     if vae_cfg.decoder_channels != init_cfg.decoder_channels else "")
+            print(f"initialised from {cfg.init}{wider}")
 
     anchor = None
     if cfg.anchor_weight:  # the frozen --init VAE whose latents the encoder must keep
