@@ -2,7 +2,7 @@
 # Widen and train the bundled VAE's decoder on one GPU, time-boxed (docs/VAE.md, "Session 8").
 # The encoder stays frozen (--decoder-only), so the latents, and the bundled DiT trained on them,
 # stay valid. Each width in WIDTHS is its own train-vae run, all at once on the same GPU; each
-# starts as an exact copy of the bundled decoder (--decoder-channels, widen_decoder) and learns
+# starts as an exact copy of the bundled decoder (--decoder-channels, videodit.vae.widen) and learns
 # on fresh SynthWorld clips until the budget is spent.
 #
 #   bash scripts/train_vae_decoder_gpu.sh BUDGET_SECONDS     # e.g. 540 on one H200

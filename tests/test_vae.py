@@ -514,11 +514,10 @@ def test_evaluate_reconstruction_with_latent_noise_scores_lower():
     assert noisy["psnr"] < clean["psnr"] and noisy["psnr"] == again["psnr"]
 
 
-def test_widened_decoder_computes_what_the_narrow_one_did_and_its_new_channels_learn():
-    """widen_decoder: a decoder with twice the channels, copied from a (randomised) narrow one, gives
-    the same output in fp32; its new, zeroed weights get gradients; a narrower copy is refused."""
-
-    from videodit.vae import widen_decoder
+def test_widened_encoder_and_decoder_compute_what_the_narrow_ones_did_and_their_new_channels_learn():
+    """widen: an encoder and a decoder with twice the channels, copied from (randomised) narrow ones,
+    give the same outputs in fp32; their new, zeroed weights get gradients; narrowing is refused."""
+    from videodit.vae import widen
 
     torch.manual_seed(0)
     cfg = PRESETS["tiny"]
@@ -527,18 +526,26 @@ def test_widened_decoder_computes_what_the_narrow_one_did_and_its_new_channels_l
         if isinstance(m, torch.nn.Conv3d):
             torch.nn.init.normal_(m.weight, std=0.2)
             torch.nn.init.normal_(m.bias, std=0.2)
-    wide = VideoVAE(dataclasses.replace(cfg, decoder_base_channels=2 * cfg.base_channels))
-    widen_decoder(narrow.decoder, wide.decoder)
+    wide = VideoVAE(dataclasses.replace(cfg, base_channels=2 * cfg.base_channels))
+    widen(narrow.encoder, wide.encoder)
+    widen(narrow.decoder, wide.decoder)
     narrow.compute_dtype = wide.compute_dtype = torch.float32
-    z = torch.randn(2, cfg.latent_channels, 3, 4, 4)
-    a, b = narrow.decode(z), wide.decode(z)
+    x = torch.rand(2, 3, 9, 16, 16) * 2 - 1
+    za, zb = narrow.encode_moments(x)[0], wide.encode_moments(x)[0]
+    assert za.abs().mean() > 0.1 and torch.allclose(za, zb, rtol=1e-5, atol=1e-5 * za.abs().max().item())
+    a, b = narrow.decode(za), wide.decode(za)
     assert a.abs().mean() > 0.1 and torch.allclose(a, b, rtol=1e-5, atol=1e-5 * a.abs().max().item())
-    b.square().mean().backward()
-    conv2 = wide.decoder.blocks[0].conv2.conv  # zeroed outside the copied block, yet learning
-    n = narrow.decoder.blocks[0].conv2.conv.weight.shape[0]
-    assert conv2.weight.grad[:n, n:].abs().sum() > 0 and conv2.weight.grad[n:].abs().sum() > 0
+    (b.square().mean() + zb.square().mean()).backward()
+    for part in ("encoder", "decoder"):  # second convs: zero outside the copied block, yet learning
+        for block in (getattr(wide, part).mid, getattr(wide, part).blocks[-1] if part == "decoder" else None):
+            if block is not None:  # the decoder's last block writes the stream that conv_out reads
+                conv2 = block.conv2.conv
+                n = getattr(narrow, part).mid.conv2.conv.weight.shape[0] * conv2.weight.shape[0] // (
+                    getattr(wide, part).mid.conv2.conv.weight.shape[0])
+                g = conv2.weight.grad
+                assert g[:n, n:].abs().sum() > 0 and g[n:].abs().sum() > 0, part
     with pytest.raises(VideoditError, match="can only be widened"):
-        widen_decoder(wide.decoder, narrow.decoder)
+        widen(wide.decoder, narrow.decoder)
 
 
 def test_train_vae_decoder_channels_widens_the_init_decoder(tmp_path, capsys):
@@ -566,3 +573,12 @@ def test_train_vae_decoder_channels_widens_the_init_decoder(tmp_path, capsys):
     assert main(["train-vae", "--out", str(tmp_path / "c"), "--steps", "1", "--init", str(out), "--decoder-only",
                  "--decoder-channels", "8", *common]) == 2
     assert "can be widened, not narrowed" in capsys.readouterr().err
+    assert main(["train-vae", "--out", str(tmp_path / "d"), "--steps", "1", "--init", str(out), "--decoder-only",
+                 "--encoder-channels", "16", *common]) == 2
+    assert "--decoder-only freezes" in capsys.readouterr().err
+    # the whole VAE, its encoder widened too: the decoder keeps its 16 channels, the statistics are measured again
+    assert main(["train-vae", "--out", str(tmp_path / "e"), "--steps", "1", "--init", str(out),
+                 "--encoder-channels", "16", *common]) == 0
+    assert "encoder widened 8 -> 16 channels" in capsys.readouterr().out
+    both = VideoVAE.from_pretrained(tmp_path / "e" / "bundle").cfg
+    assert (both.base_channels, both.decoder_channels) == (16, 16)

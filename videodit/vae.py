@@ -224,36 +224,41 @@ class Decoder(nn.Module):
 
 
 @torch.no_grad()
-def widen_decoder(src: Decoder, dst: Decoder) -> None:
-    """Copy the decoder ``src`` into ``dst``, which has the same levels and blocks but at least as
-    many channels everywhere, so that ``dst`` computes exactly what ``src`` does (up to float
-    rounding), while its new channels can still learn.
+def widen(src: nn.Module, dst: nn.Module) -> None:
+    """Copy an encoder or decoder ``src`` into ``dst``, the same part with the same levels and
+    blocks but at least as many channels everywhere, so that ``dst`` computes exactly what ``src``
+    does (up to float rounding), while its new channels can still learn.
 
-    The old channels keep their indices. Every conv that writes the residual stream (conv_in, a
-    block's second conv and skip, an upsampler's conv) and conv_out gets zeros wherever a new
-    channel is involved, so the stream's new channels start at zero and nothing new reaches the
-    old outputs. The convs that make a block's hidden units or the upsampler's extra frames
-    (conv1, time_conv) keep ``dst``'s random init on their new rows: those units are live from the
-    first step, so the zeroed weights that read them get gradients and grow. (The same
-    function-preserving idea as Net2Net's widening, Chen et al. 2016, with zeros in place of
-    copied units.)"""
+    The old channels keep their indices, and the residual stream's new channels start at zero:
+    every conv that writes the stream (conv_in, a block's second conv and skip, a resampler's conv)
+    gets zero rows for them. A conv whose input's new channels are live at the start (a block's
+    second conv, reading the new hidden units; an upsampler's conv after its time_conv) gets zero
+    columns for them too, so nothing new reaches the old outputs. Every other new weight keeps
+    ``dst``'s random init: the hidden units that a block's first conv or a time_conv makes are live
+    from the first step, and the convs that read the (still zero) new stream channels, conv_out
+    included, pass gradients back to the zero rows that write them, so every new channel learns.
+    (Net2Net's function-preserving widening, Chen et al. 2016, with zeros in place of copied
+    units.)"""
     src_convs = {n: m for n, m in src.named_modules() if isinstance(m, nn.Conv3d)}
     dst_convs = {n: m for n, m in dst.named_modules() if isinstance(m, nn.Conv3d)}
     if src_convs.keys() != dst_convs.keys():
-        raise VideoditError("widen_decoder: the two decoders differ in levels or blocks, not only in width")
+        raise VideoditError(f"widen: the two {type(src).__name__.lower()}s differ in levels or blocks, not only in width")
     for name, old in src_convs.items():
         new = dst_convs[name]
         o, i = old.weight.shape[:2]
         if new.weight.shape[0] < o or new.weight.shape[1] < i:
-            raise VideoditError(f"widen_decoder: {name} is narrower in the new decoder "
-                                f"({tuple(new.weight.shape[:2])} < {o, i}); a decoder can only be widened")
-        if ".conv1." not in name and "time_conv." not in name:
-            new.weight.zero_()
-            new.bias.zero_()
+            raise VideoditError(f"widen: {name} is narrower in the new {type(src).__name__.lower()} "
+                                f"({tuple(new.weight.shape[:2])} < {o, i}); a network can only be widened")
         rows = torch.arange(o, device=new.weight.device)
         if "time_conv." in name:  # 2C outputs = two frames of C channels each: (pair, channel) order
             half = new.weight.shape[0] // 2
             rows = torch.cat([rows[:o // 2], half + rows[:o // 2]])
+        elif ".conv1." not in name:  # writes the residual stream
+            new.weight[o:] = 0
+            new.bias[o:] = 0
+            after_time_conv = name.endswith(".conv.conv") and name[:-len(".conv.conv")] + ".time_conv.conv" in src_convs
+            if name.endswith("conv2.conv") or after_time_conv:
+                new.weight[:, i:] = 0  # its input's new channels are live
         new.weight[rows, :i] = old.weight.to(new.weight)
         new.bias[rows] = old.bias.to(new.bias)
 

@@ -91,9 +91,13 @@ class VAETrainConfig:
                 "training on a fresh machine) instead of a random init; a checkpoint to resume wins"})
     decoder_channels: int = field(default=0, metadata={
         "help": "the decoder's channels at full resolution (0 = the preset's, or --init's); with --init, a "
-                "wider decoder starts as an exact copy of --init's (widen_decoder in videodit/vae.py: new "
-                "channels start silent), so that with --decoder-only the latents stay --init's and a DiT "
-                "trained on them stays valid while the decoder gains capacity"})
+                "wider decoder starts as an exact copy of --init's (widen in videodit/vae.py: new channels "
+                "start silent), so that with --decoder-only the latents stay --init's and a DiT trained on "
+                "them stays valid while the decoder gains capacity"})
+    encoder_channels: int = field(default=0, metadata={
+        "help": "the encoder's channels at full resolution (0 = the preset's, or --init's); with --init, a "
+                "wider encoder starts as an exact copy of --init's, like --decoder-channels. Training it "
+                "changes the latents: a DiT must then be trained on the new ones"})
     stats_batches: int = field(default=8, metadata={"help": "batches used to measure the latent scale/shift"})
     decoder_only: bool = field(default=False, metadata={
         "help": "train only the decoder, from --init: the encoder, hence the latent space and its "
@@ -147,8 +151,12 @@ class VAETrainConfig:
         if self.latent_noise < 0 or (self.latent_noise and not self.decoder_only):
             raise VideoditError(f"--latent-noise {self.latent_noise}: must be >= 0, and goes with --decoder-only "
                                 "(the noise is in --init's normalised latent units, which only a frozen encoder keeps)")
-        if self.decoder_channels and self.decoder_channels < 8:
-            raise VideoditError(f"--decoder-channels {self.decoder_channels}: must be >= 8 (or 0: unchanged)")
+        for flag, value in (("--decoder-channels", self.decoder_channels), ("--encoder-channels", self.encoder_channels)):
+            if value and value < 8:
+                raise VideoditError(f"{flag} {value}: must be >= 8 (or 0: unchanged)")
+        if self.encoder_channels and self.decoder_only:
+            raise VideoditError("--encoder-channels widens the encoder, which --decoder-only freezes: "
+                                "drop one of them")
         if self.decoder_only and not self.init:
             raise VideoditError("--decoder-only needs --init BUNDLE: the encoder it keeps must come from somewhere")
 
@@ -375,10 +383,14 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
         vae_cfg = dataclasses.replace(
             vae_cfg, latent_shift=init_cfg.latent_shift, latent_scale=init_cfg.latent_scale,
             latent_channel_shift=init_cfg.latent_channel_shift, latent_channel_scale=init_cfg.latent_channel_scale,
-            decoder_base_channels=init_cfg.decoder_base_channels)
-        if cfg.decoder_channels and cfg.decoder_channels < init_cfg.decoder_channels:
-            raise VideoditError(f"--decoder-channels {cfg.decoder_channels}: --init's decoder already has "
-                                f"{init_cfg.decoder_channels}; a decoder can be widened, not narrowed")
+            base_channels=init_cfg.base_channels, decoder_base_channels=init_cfg.decoder_channels)
+        for flag, value, have, part in (("--decoder-channels", cfg.decoder_channels, init_cfg.decoder_channels, "decoder"),
+                                        ("--encoder-channels", cfg.encoder_channels, init_cfg.base_channels, "encoder")):
+            if value and value < have:
+                raise VideoditError(f"{flag} {value}: --init's {part} already has {have}; "
+                                    f"a {part} can be widened, not narrowed")
+    if cfg.encoder_channels:  # without --init the decoder follows unless --decoder-channels is given
+        vae_cfg = dataclasses.replace(vae_cfg, base_channels=cfg.encoder_channels)
     if cfg.decoder_channels:
         vae_cfg = dataclasses.replace(vae_cfg, decoder_base_channels=cfg.decoder_channels)
     torch.manual_seed(cfg.seed)
@@ -410,16 +422,18 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
             print(f"resumed from {ckpt_path} at step {step}")
     elif cfg.init:
         from videodit.train.checkpoint import load_safetensors_checked
-        from videodit.vae import widen_decoder
+        from videodit.vae import widen
 
-        src = VideoVAE(dataclasses.replace(vae_cfg, decoder_base_channels=init_cfg.decoder_base_channels))
+        src = VideoVAE(dataclasses.replace(vae_cfg, base_channels=init_cfg.base_channels,
+                                           decoder_base_channels=init_cfg.decoder_base_channels))
         load_safetensors_checked(src, Path(cfg.init) / "model.safetensors")
-        model.encoder.load_state_dict(src.encoder.state_dict())
-        widen_decoder(src.decoder, model.decoder)  # a plain copy when the widths agree
+        widen(src.encoder, model.encoder)  # plain copies where the widths agree
+        widen(src.decoder, model.decoder)
         ema.load_state_dict(model.state_dict())
         if dist.is_main:
-            wider = (f", decoder widened {init_cfg.decoder_channels} -> {vae_cfg.decoder_channels} channels"
-                     if vae_cfg.decoder_channels != init_cfg.decoder_channels else "")
+            wider = "".join(f", {part} widened {a} -> {b} channels" for part, a, b in (
+                ("encoder", init_cfg.base_channels, vae_cfg.base_channels),
+                ("decoder", init_cfg.decoder_channels, vae_cfg.decoder_channels)) if a != b)
             print(f"initialised from {cfg.init}{wider}")
 
     anchor = None
