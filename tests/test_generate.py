@@ -139,3 +139,41 @@ def test_bundled_model_generates_the_prompted_background(one_thread):
         frames = pipe(prompt, seed=0)
         assert frames.shape == (17, 64, 64, 3)
         assert score_video(frames, prompt, fps=pipe.config.fps).metrics["background"].passed, background
+
+
+def test_eval_decoders_scores_one_set_of_latents_with_each_vae(bundle, tmp_path, monkeypatch, capsys):
+    """benchmarks/eval_decoders.py: the DiT samples once; its own VAE (copied) scores exactly what the
+    bundle's does, a widened copy of it is accepted, a VAE with another encoder is refused."""
+    import dataclasses
+    import json
+    import runpy
+    import shutil
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from videodit.errors import VideoditError
+    from videodit.vae import VideoVAE, widen
+
+    script = str(Path(__file__).resolve().parent.parent / "benchmarks" / "eval_decoders.py")
+    same = shutil.copytree(bundle / "vae", tmp_path / "same")
+    vae = VideoVAE.from_pretrained(same)
+    wide = VideoVAE(dataclasses.replace(vae.cfg, decoder_base_channels=2 * vae.cfg.base_channels))
+    widen(vae.encoder, wide.encoder)
+    widen(vae.decoder, wide.decoder)
+    wide.save_pretrained(tmp_path / "wide")
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["eval_decoders.py", str(same), str(tmp_path / "wide"), "--model", str(bundle),
+                                      "--n", "2", "--batch", "2", "--out", str(out)])
+    runpy.run_path(script, run_name="__main__")
+    reports = {name: json.loads((out / f"{name}.json").read_text()) for name in ("bundle", "same", "wide")}
+    assert reports["same"]["videos"] == reports["bundle"]["videos"] and len(reports["bundle"]["videos"]) == 2
+    assert (out / "latents.pt").exists()
+
+    torch.manual_seed(1)
+    VideoVAE(vae.cfg).save_pretrained(tmp_path / "other")  # a fresh encoder: another latent space
+    monkeypatch.setattr(sys, "argv", ["eval_decoders.py", str(tmp_path / "other"), "--model", str(bundle),
+                                      "--n", "2", "--batch", "2", "--out", str(out)])
+    with pytest.raises(VideoditError, match="not the bundle VAE's latent space"):
+        runpy.run_path(script, run_name="__main__")
