@@ -301,8 +301,9 @@ def test_train_vae_cli_rejects_bad_frames(capsys):
 
 
 def test_bundled_vae_reconstructs_held_out_synthworld():
-    """Regression guard for the weights shipped in videodit/assets/bundle/vae (33.45 dB mean over 300
-    held-out clips when committed, 34.5 dB on these four; docs/VAE.md)."""
+    """Regression guard for the weights shipped in videodit/assets/bundle/vae (37.49 dB mean over 300
+    held-out clips with the session 8 decoder, 38.2 dB on these four; the 16-channel decoder before
+    it gave 35.1 dB here; docs/VAE.md)."""
     from videodit.reconstruct import DEFAULT_BUNDLE
     from videodit.video import frames_to_tensor, psnr, tensor_to_frames
     from videodit.world import make_sample
@@ -311,7 +312,7 @@ def test_bundled_vae_reconstructs_held_out_synthworld():
     clips = np.stack([make_sample("eval", i).frames for i in range(4)])  # (4, 17, 64, 64, 3)
     with torch.no_grad():
         recon = tensor_to_frames(vae.decode(vae.encode(frames_to_tensor(clips))).clamp(-1, 1))
-    assert np.mean([psnr(a, b) for a, b in zip(clips, recon)]) > 32
+    assert np.mean([psnr(a, b) for a, b in zip(clips, recon)]) > 36.5
 
 
 def test_decoder_only_training_keeps_encoder_and_latent_stats(tmp_path, capsys):
