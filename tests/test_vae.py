@@ -301,7 +301,7 @@ def test_train_vae_cli_rejects_bad_frames(capsys):
 
 
 def test_bundled_vae_reconstructs_held_out_synthworld():
-    """Regression guard for the weights shipped in videodit/assets/bundle/vae (37.49 dB mean over 300
+    """Regression guard for the weights shipped in videodit/assets/bundle/vae (37.48 dB mean over 300
     held-out clips with the session 8 decoder, 38.2 dB on these four; the 16-channel decoder before
     it gave 35.1 dB here; docs/VAE.md)."""
     from videodit.reconstruct import DEFAULT_BUNDLE
