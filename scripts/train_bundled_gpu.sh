@@ -23,7 +23,8 @@
 # PRESET=tiny TOKENS=640 CACHE=40 PROBE=6 VAE_STEPS=4 VAE_BATCH=2 WORKERS=1 VAE_SECONDS=10 NEVAL=8.
 # If TEXT_ENCODER is a local copy of all-MiniLM-L6-v2, set "text": {"model": "all-minilm-l6-v2"} in
 # runs/dit_gpu/bundle/config.json before shipping the bundle. Outputs: runs/vae_gpu/, runs/vae_pick/, runs/dit_gpu/bundle/,
-# and with PACK=DIR (e.g. PACK=$OUT on a device machine) the bundle in fp16 as 15 MiB parts plus log.csv in DIR.
+# and with PACK=DIR (e.g. PACK=$OUT on a device machine) the bundle as shipped (DiT and VAE decoder in fp16) as
+# 15 MiB parts plus log.csv in DIR.
 # The bundle it writes guides only at 0.2 <= t <= 0.85, as the shipped one does (docs/MODEL.md).
 set -euo pipefail
 BUDGET=${1:-560}
@@ -89,12 +90,15 @@ python3 -m videodit.cli train "${COMMON[@]}" --steps "$STEPS" \
   --max-minutes "$(python3 -c "print(max(0.05, ($LEFT - 8) / 60))")" 2>&1 | quiet 20
 echo "== done at $(elapsed) s: runs/dit_gpu/bundle"
 if [ -n "${PACK:-}" ]; then
-  # The bundle with the DiT in fp16 (as shipped), as a tar in 15 MiB parts: a device machine sends
-  # back files of up to 16 MiB. Here: cat PACK/bundle.tar.part* | tar xf - (gives dit_bundle/).
+  # The bundle as shipped (the DiT and the VAE's decoder in fp16; the encoder stays fp32, so the
+  # latents are the ones the DiT learnt), as a tar in 15 MiB parts: a device machine sends back files
+  # of up to 16 MiB, 64 MiB in all. Here: cat PACK/bundle.tar.part* | tar xf - (gives dit_bundle/).
   rm -rf runs/dit_bundle && cp -r runs/dit_gpu/bundle runs/dit_bundle && mkdir -p "$PACK"
   python3 -c "
 from safetensors.torch import load_file, save_file
-p = 'runs/dit_bundle/dit/model.safetensors'; save_file({k: v.half() for k, v in load_file(p).items()}, p)"
+p = 'runs/dit_bundle/dit/model.safetensors'; save_file({k: v.half() for k, v in load_file(p).items()}, p)
+p = 'runs/dit_bundle/vae/model.safetensors'
+save_file({k: v.half() if k.startswith('decoder.') else v for k, v in load_file(p).items()}, p)"
   tar cf - -C runs dit_bundle | split -b 15M -d - "$PACK/bundle.tar.part"
   cp runs/dit_gpu/log.csv "$PACK/log.csv"
   echo "== packed into $PACK: $(ls "$PACK" | tr '\n' ' ')"
