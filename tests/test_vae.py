@@ -85,6 +85,36 @@ def test_encoder_is_causal():
     assert (z[:, :, 3] - z2[:, :, 3]).abs().max() > 1e-3
 
 
+def test_pixel_shortcut_starts_at_zero_then_stays_causal_chunkable_and_saved(tmp_path):
+    """An encoder given a PixelShortcut computes exactly what it did; once the shortcut has
+    weights, it changes the latents, stays causal (frame 9 reaches latent frame 3 only), chunked
+    encoding still equals one-shot, and a bundle round trip keeps it."""
+    from videodit.vae import widen
+
+    plain, x = _random_vae(), _video(17)
+    vae = VideoVAE(dataclasses.replace(TINY, encoder_shortcut=True)).eval()
+    vae.compute_dtype = torch.float32
+    widen(plain.encoder, vae.encoder)
+    widen(plain.decoder, vae.decoder)
+    with torch.no_grad():
+        assert torch.equal(vae.encode(x), plain.encode(x))
+        torch.nn.init.normal_(vae.encoder.shortcut.proj.weight)
+        z = vae.encode(x)
+        assert (z - plain.encode(x)).abs().max() > 1e-2
+        for chunk in (4, 8):
+            assert (vae.encode(x, chunk_frames=chunk) - z).abs().max() < CHUNK_TOL_FP32
+        changed = x.clone()
+        changed[:, :, 9] = -x[:, :, 9]
+        z2 = vae.encode(changed)
+        assert torch.equal(z[:, :, :3], z2[:, :, :3]) and (z[:, :, 3] - z2[:, :, 3]).abs().max() > 1e-3
+        vae.save_pretrained(tmp_path / "vae")
+        loaded = VideoVAE.from_pretrained(tmp_path / "vae").eval()
+        loaded.compute_dtype = torch.float32
+        assert loaded.cfg.encoder_shortcut and torch.equal(loaded.encode(x), z)
+    with pytest.raises(VideoditError, match="pixel shortcut"):
+        widen(vae.encoder, VideoVAE(TINY).encoder)
+
+
 def test_decoder_is_causal():
     vae = _random_vae()
     z = torch.randn(1, TINY.latent_channels, 5, 8, 8)
@@ -336,6 +366,45 @@ def test_decoder_only_training_keeps_encoder_and_latent_stats(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train-vae", "--out", str(tmp_path / "c"), "--decoder-only", *common]) == 2
     assert "--decoder-only needs --init" in capsys.readouterr().err
+
+
+def test_encoder_only_training_keeps_decoder_and_latent_stats(tmp_path, capsys):
+    """--encoder-only: the decoder's weights and the latent statistics are --init's exactly (so a DiT's
+    samples decode as before); the encoder learns, widened too with --encoder-channels; clashing
+    flags are refused by name."""
+    from safetensors.torch import load_file
+
+    from videodit.cli import main
+
+    common = ["--preset", "tiny", "--batch-size", "1", "--width", "32", "--height", "32", "--frames", "5",
+              "--stats-batches", "1", "--device", "cpu", "--threads", "1", "--lr", "1e-3"]
+    assert main(["train-vae", "--out", str(tmp_path / "a"), "--steps", "2", *common]) == 0
+    init = tmp_path / "a" / "bundle"
+    for name, extra in (("b", []), ("w", ["--encoder-channels", "16"]), ("s", ["--encoder-shortcut"])):
+        assert main(["train-vae", "--out", str(tmp_path / name), "--steps", "3", "--init", str(init),
+                     "--encoder-only", *extra, *common]) == 0
+        before = load_file(init / "model.safetensors")
+        after = load_file(tmp_path / name / "bundle" / "model.safetensors")
+        assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+        assert any(before[k].shape != after[k].shape or not torch.equal(before[k], after[k])
+                   for k in before if k.startswith("encoder."))
+        a, b = VideoVAE.from_pretrained(init).cfg, VideoVAE.from_pretrained(tmp_path / name / "bundle").cfg
+        assert (a.latent_shift, a.latent_scale) == (b.latent_shift, b.latent_scale)
+    assert VideoVAE.from_pretrained(tmp_path / "w" / "bundle").cfg.base_channels == 16
+    shortcut = VideoVAE.from_pretrained(tmp_path / "s" / "bundle")
+    assert shortcut.cfg.encoder_shortcut and shortcut.encoder.shortcut.proj.weight.abs().max() > 0
+    # a bundle that has a shortcut keeps it (and its weights) as --init, without the flag
+    assert main(["train-vae", "--out", str(tmp_path / "s2"), "--steps", "1", "--init", str(tmp_path / "s" / "bundle"),
+                 "--encoder-only", *common]) == 0
+    assert VideoVAE.from_pretrained(tmp_path / "s2" / "bundle").cfg.encoder_shortcut
+    capsys.readouterr()
+    assert main(["train-vae", "--out", str(tmp_path / "c"), "--encoder-only", *common]) == 2
+    assert "--encoder-only needs --init" in capsys.readouterr().err
+    for flag in (["--decoder-only"], ["--decoder-channels", "16"], ["--per-channel-latents"],
+                 ["--adv-weight", "0.1"]):
+        assert main(["train-vae", "--out", str(tmp_path / "d"), "--init", str(init), "--encoder-only",
+                     *flag, *common]) == 2
+        assert f"{flag[0]} does not go with it" in capsys.readouterr().err
 
 
 def test_per_channel_latent_stats_measured_with_steps_0_and_used_by_normalize(tmp_path, capsys):

@@ -20,6 +20,7 @@ Set ``vae.compute_dtype = torch.float32`` for exact comparisons.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,9 @@ class VAEConfig:
     decoder_base_channels: int = field(default=0, metadata={
         "help": "the decoder's channels at full resolution (0 = base_channels); a decoder wider than the "
                 "encoder spends its capacity where a video generator's samples are drawn"})
+    encoder_shortcut: bool = field(default=False, metadata={
+        "help": "add PixelShortcut to the encoder: each latent cell's raw pixels, linearly to the moments "
+                "(zero at init, so adding it to a trained encoder changes nothing until it learns)"})
     latent_shift: float = field(default=0.0, metadata={
         "help": "normalize(z) = (z - shift) * scale; measured on data after training"})
     latent_scale: float = field(default=1.0, metadata={"help": "see latent_shift"})
@@ -160,6 +164,36 @@ class Upsample(nn.Module):
         return self.conv(x, cache)
 
 
+class PixelShortcut(nn.Module):
+    """A linear path from raw pixels to the encoder's moments. Each latent cell's pixels (its 4
+    frames, or frame 0 repeated 4 times as the causal padding does, by s x s pixels, by 3 colours)
+    become the 48 s^2 channels of one cell (space- and time-to-channel), and a conv, 3x3 over
+    cells and 1 in time, maps them to the moments. Its weights start at zero, so an encoder
+    gains it without changing its output, and its output is scaled by 1 / sqrt(fan-in), so that
+    Adam's per-weight steps move the moments by small amounts (the equalised learning rate of
+    Karras et al. 2018). Why: the deep path must work out where a small moving object's outline is
+    in each of a latent step's 4 frames; those sub-cell details are linear in the pixels. (A
+    space-to-channel shortcut around down-sampling stages is how Chen et al. 2024, DC-AE, make
+    deep autoencoders easy to optimise; this one goes around the whole encoder.)"""
+
+    def __init__(self, stride: int, cout: int):
+        super().__init__()
+        self.stride = stride
+        cin = 3 * TEMPORAL_STRIDE * stride * stride
+        self.proj = nn.Conv3d(cin, cout, kernel_size=(1, 3, 3), padding=(0, 1, 1))
+        self.gain = 1.0 / math.sqrt(cin * 9)
+
+    def forward(self, x: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+        if cache is None or self not in cache:  # the sequence's frame 0: a latent frame of its own
+            x = torch.cat([x[:, :, :1]] * (TEMPORAL_STRIDE - 1) + [x], dim=2)
+        if cache is not None:
+            cache[self] = True
+        B, C, Fr, H, W = x.shape
+        s, t = self.stride, TEMPORAL_STRIDE
+        x = x.reshape(B, C, Fr // t, t, H // s, s, W // s, s).permute(0, 1, 3, 5, 7, 2, 4, 6)
+        return self.gain * self.proj(x.reshape(B, C * t * s * s, Fr // t, H // s, W // s))
+
+
 # ---------------------------------------------------------------------------------------------
 # Encoder / decoder
 # ---------------------------------------------------------------------------------------------
@@ -187,13 +221,17 @@ class Encoder(nn.Module):
                 cin = c
         self.mid = ResBlock(cin, cin)
         self.conv_out = CausalConv3d(cin, 2 * cfg.latent_channels)
+        self.shortcut = PixelShortcut(cfg.spatial_stride, 2 * cfg.latent_channels) if cfg.encoder_shortcut else None
 
     def forward(self, x: torch.Tensor, cache: Cache | None) -> torch.Tensor:
         h = self.conv_in(x, cache)
         for block in self.blocks:
             h = block(h, cache)
         h = self.mid(h, cache)
-        return self.conv_out(F.silu(h), cache)  # (B, 2c, T, h, w): mean, logvar
+        out = self.conv_out(F.silu(h), cache)  # (B, 2c, T, h, w): mean, logvar
+        if self.shortcut is not None:
+            out = out + self.shortcut(x, cache)
+        return out
 
 
 class Decoder(nn.Module):
@@ -239,8 +277,13 @@ def widen(src: nn.Module, dst: nn.Module) -> None:
     included, pass gradients back to the zero rows that write them, so every new channel learns.
     (Net2Net's function-preserving widening, Chen et al. 2016, with zeros in place of copied
     units.)"""
-    src_convs = {n: m for n, m in src.named_modules() if isinstance(m, nn.Conv3d)}
-    dst_convs = {n: m for n, m in dst.named_modules() if isinstance(m, nn.Conv3d)}
+    if getattr(src, "shortcut", None) is not None:
+        if getattr(dst, "shortcut", None) is None:
+            raise VideoditError("widen: the source encoder has a pixel shortcut and the new one does not")
+        dst.shortcut.load_state_dict(src.shortcut.state_dict())  # its size does not depend on the width
+    # (a shortcut only dst has keeps its zero init: it adds nothing yet)
+    src_convs = {n: m for n, m in src.named_modules() if isinstance(m, nn.Conv3d) and not n.startswith("shortcut.")}
+    dst_convs = {n: m for n, m in dst.named_modules() if isinstance(m, nn.Conv3d) and not n.startswith("shortcut.")}
     if src_convs.keys() != dst_convs.keys():
         raise VideoditError(f"widen: the two {type(src).__name__.lower()}s differ in levels or blocks, not only in width")
     for name, old in src_convs.items():
@@ -338,6 +381,9 @@ class VideoVAE(nn.Module):
             if isinstance(m, ResBlock):
                 nn.init.zeros_(m.conv2.conv.weight)
         nn.init.constant_(self.encoder.conv_out.conv.bias[self.cfg.latent_channels:], LOGVAR_INIT)
+        if self.encoder.shortcut is not None:
+            nn.init.zeros_(self.encoder.shortcut.proj.weight)
+            nn.init.zeros_(self.encoder.shortcut.proj.bias)
 
     # -- shape checks ---------------------------------------------------------------------------
     def check_input(self, x: torch.Tensor) -> None:

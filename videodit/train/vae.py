@@ -102,6 +102,15 @@ class VAETrainConfig:
     decoder_only: bool = field(default=False, metadata={
         "help": "train only the decoder, from --init: the encoder, hence the latent space and its "
                 "shift/scale, stay exactly as --init has them, so a DiT trained on those latents stays valid"})
+    encoder_only: bool = field(default=False, metadata={
+        "help": "train only the encoder, from --init, against --init's frozen decoder (the converse of "
+                "--decoder-only): the encoder learns to find the latents that decoder draws best, which are "
+                "near the ones it gives now. The decoder, hence everything a DiT's samples decode to, and the "
+                "latent statistics stay --init's; only encoded inputs (image-to-video, extend, edit) change"})
+    encoder_shortcut: bool = field(default=False, metadata={
+        "help": "give the encoder a pixel shortcut (PixelShortcut in videodit/vae.py: each latent cell's raw "
+                "pixels, linearly to the latents), zero at the start, so that with --init the VAE starts as "
+                "--init's exactly; kept when --init's VAE already has one"})
     anchor_weight: float = field(default=0.0, metadata={
         "help": "fine-tune encoder and decoder from --init while this weight times the mean squared drift "
                 "of the posterior means from --init's (in the normalised units a DiT sees) holds the latent "
@@ -142,6 +151,15 @@ class VAETrainConfig:
                                 "--init's statistics (measure them with --init BUNDLE --steps 0 --per-channel-latents)")
         if self.anchor_weight < 0:
             raise VideoditError(f"--anchor-weight {self.anchor_weight}: must be >= 0")
+        if self.encoder_only:
+            if not self.init:
+                raise VideoditError("--encoder-only needs --init BUNDLE: the decoder it keeps must come from somewhere")
+            for flag, bad in (("--decoder-only", self.decoder_only), ("--decoder-channels", self.decoder_channels),
+                              ("--per-channel-latents", self.per_channel_latents),
+                              ("--adv-weight", self.adv_weight), ("--latent-noise", self.latent_noise)):
+                if bad:
+                    raise VideoditError(f"--encoder-only freezes --init's decoder and keeps its latent statistics: "
+                                        f"{flag} does not go with it")
         if self.anchor_weight and (not self.init or self.decoder_only or self.per_channel_latents):
             raise VideoditError("--anchor-weight holds the encoder near --init's latents: it needs --init and "
                                 "goes with neither --decoder-only (the encoder is frozen anyway) nor "
@@ -154,9 +172,9 @@ class VAETrainConfig:
         for flag, value in (("--decoder-channels", self.decoder_channels), ("--encoder-channels", self.encoder_channels)):
             if value and value < 8:
                 raise VideoditError(f"{flag} {value}: must be >= 8 (or 0: unchanged)")
-        if self.encoder_channels and self.decoder_only:
-            raise VideoditError("--encoder-channels widens the encoder, which --decoder-only freezes: "
-                                "drop one of them")
+        if (self.encoder_channels or self.encoder_shortcut) and self.decoder_only:
+            raise VideoditError("--encoder-channels / --encoder-shortcut change the encoder, which "
+                                "--decoder-only freezes: drop one of them")
         if self.decoder_only and not self.init:
             raise VideoditError("--decoder-only needs --init BUNDLE: the encoder it keeps must come from somewhere")
 
@@ -375,7 +393,7 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
     device = dist.device
 
     if cfg.init:  # --init's latent statistics: --latent-noise is measured in them, and
-        # --decoder-only / --anchor-weight keep them (otherwise they are measured again at the end)
+        # --decoder-only / --encoder-only / --anchor-weight keep them (otherwise they are measured again at the end)
         from videodit.train.checkpoint import read_bundle_config
         from videodit.vae import VAEConfig
 
@@ -383,7 +401,8 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
         vae_cfg = dataclasses.replace(
             vae_cfg, latent_shift=init_cfg.latent_shift, latent_scale=init_cfg.latent_scale,
             latent_channel_shift=init_cfg.latent_channel_shift, latent_channel_scale=init_cfg.latent_channel_scale,
-            base_channels=init_cfg.base_channels, decoder_base_channels=init_cfg.decoder_channels)
+            base_channels=init_cfg.base_channels, decoder_base_channels=init_cfg.decoder_channels,
+            encoder_shortcut=init_cfg.encoder_shortcut)
         for flag, value, have, part in (("--decoder-channels", cfg.decoder_channels, init_cfg.decoder_channels, "decoder"),
                                         ("--encoder-channels", cfg.encoder_channels, init_cfg.base_channels, "encoder")):
             if value and value < have:
@@ -393,10 +412,14 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
         vae_cfg = dataclasses.replace(vae_cfg, base_channels=cfg.encoder_channels)
     if cfg.decoder_channels:
         vae_cfg = dataclasses.replace(vae_cfg, decoder_base_channels=cfg.decoder_channels)
+    if cfg.encoder_shortcut:
+        vae_cfg = dataclasses.replace(vae_cfg, encoder_shortcut=True)
     torch.manual_seed(cfg.seed)
     model = VideoVAE(vae_cfg).to(device)
     if cfg.decoder_only:
         model.encoder.requires_grad_(False)  # no gradient, no optimizer state: its weights never move
+    if cfg.encoder_only:
+        model.decoder.requires_grad_(False)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.99),
                             weight_decay=cfg.weight_decay)
@@ -425,7 +448,8 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
         from videodit.vae import widen
 
         src = VideoVAE(dataclasses.replace(vae_cfg, base_channels=init_cfg.base_channels,
-                                           decoder_base_channels=init_cfg.decoder_base_channels))
+                                           decoder_base_channels=init_cfg.decoder_base_channels,
+                                           encoder_shortcut=init_cfg.encoder_shortcut))
         load_safetensors_checked(src, Path(cfg.init) / "model.safetensors")
         widen(src.encoder, model.encoder)  # plain copies where the widths agree
         widen(src.decoder, model.decoder)
@@ -434,6 +458,8 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
             wider = "".join(f", {part} widened {a} -> {b} channels" for part, a, b in (
                 ("encoder", init_cfg.base_channels, vae_cfg.base_channels),
                 ("decoder", init_cfg.decoder_channels, vae_cfg.decoder_channels)) if a != b)
+            if vae_cfg.encoder_shortcut and not init_cfg.encoder_shortcut:
+                wider += ", encoder given a pixel shortcut (zero at the start)"
             print(f"initialised from {cfg.init}{wider}")
 
     anchor = None
@@ -558,7 +584,7 @@ def _train(cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, 
         checkpoint()
         log_file.close()
         stats_batches = (b.to(device) for _, b in zip(range(cfg.stats_batches), _batches(make_stream, 0, cfg)))
-        if cfg.decoder_only or cfg.anchor_weight:  # --init's latent space: so are its statistics
+        if cfg.decoder_only or cfg.encoder_only or cfg.anchor_weight:  # --init's latent space and statistics
             final_cfg = vae_cfg
         else:
             # per channel when asked, or when --init's VAE already measures them per channel
