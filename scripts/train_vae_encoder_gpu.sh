@@ -10,19 +10,20 @@
 #   bash scripts/train_vae_encoder_gpu.sh BUDGET_SECONDS     # e.g. 540 on one H200
 #
 # Environment: VARIANTS (NAME:FLAGS pairs separated by ';', each a run in runs/vae_enc_NAME; default
-# "sc:--encoder-channels 32 --encoder-shortcut --anchor-weight 0.02;plain:--encoder-channels 32
-# --anchor-weight 0.02": a 32-channel encoder, lightly anchored, with and without the pixel shortcut), BATCH (default 32), CROP (default 32: focused crops of that size, 0 = whole 64x64 clips),
+# "w32:--encoder-channels 32 --anchor-weight 0.02;w16:--anchor-weight 0.02": the bundled encoder,
+# which has had a pixel shortcut since session 9 (an --init's shortcut is kept), widened to 32
+# channels and as it is, both lightly anchored), BATCH (default 32), CROP (default 32: focused crops of that size, 0 = whole 64x64 clips),
 # EDGE (default 4: --edge-weight), LR (default 2e-4), WORKERS (default 14, shared by the runs),
 # SEED (default 5), INIT (default videodit/assets/bundle/vae), PACK (a folder, e.g. $OUT on a device
 # machine: each bundle as a tar in 15 MiB parts plus its log.csv; here:
 # cat PACK/vae_enc_NAME.tar.part* | tar xf -).
-# A quick CPU smoke test of the script itself: VARIANTS="s16:--encoder-shortcut" BATCH=1 WORKERS=1 bash scripts/train_vae_encoder_gpu.sh 75
+# A quick CPU smoke test of the script itself: BATCH=1 WORKERS=1 bash scripts/train_vae_encoder_gpu.sh 75
 # Then measure each bundle here on 300 held-out clips (evaluate_reconstruction; shape must reach
 # 0.98) and the prompting modes that encode inputs (benchmarks/prompting.py) against the shipped VAE.
 set -euo pipefail
 BUDGET=${1:-540}
 T0=$(date +%s)
-VARIANTS=${VARIANTS:-"sc:--encoder-channels 32 --encoder-shortcut --anchor-weight 0.02;plain:--encoder-channels 32 --anchor-weight 0.02"}
+VARIANTS=${VARIANTS:-"w32:--encoder-channels 32 --anchor-weight 0.02;w16:--anchor-weight 0.02"}
 BATCH=${BATCH:-32}; CROP=${CROP:-0}; EDGE=${EDGE:-4}; LR=${LR:-2e-4}
 WORKERS=${WORKERS:-14}; SEED=${SEED:-5}; INIT=${INIT:-videodit/assets/bundle/vae}
 export PYTHONUNBUFFERED=1
