@@ -19,7 +19,7 @@ _EXAMPLES = """examples:
   videodit train-vae --init videodit/assets/bundle/vae --decoder-only --decoder-channels 48 \\
       --batch-size 32 --lr 2e-4 --max-minutes 8 --steps 1000000 --num-workers 14 --out runs/vae_dec48
   # the converse: only the encoder learns, against the bundled decoder (samples decode as before)
-  videodit train-vae --init videodit/assets/bundle/vae --encoder-only --batch-size 16 --crop-size 32 \
+  videodit train-vae --init videodit/assets/bundle/vae --encoder-only --batch-size 16 --crop-size 32 \\
       --crop-focus --edge-weight 4 --lr 2e-4 --max-minutes 80 --steps 100000 --out runs/vae_enc
 
 Resumes from OUT/checkpoint.pt when it exists (--no-resume starts over). At the end OUT/bundle/
