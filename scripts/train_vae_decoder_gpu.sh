@@ -11,7 +11,7 @@
 # BATCH (default 32), LR (default 2e-4), WORKERS (default 14, shared by the runs), SEED (default 3),
 # INIT (default videodit/assets/bundle/vae), PACK (a folder, e.g. $OUT on a device machine: each
 # bundle as a tar in 15 MiB parts plus its log.csv; here: cat PACK/vae_dec32.tar.part* | tar xf -).
-# A quick CPU smoke test of the script itself: WIDTHS=24 BATCH=1 WORKERS=1 bash scripts/train_vae_decoder_gpu.sh 75
+# A quick CPU smoke test of the script itself: WIDTHS=40 BATCH=1 WORKERS=1 bash scripts/train_vae_decoder_gpu.sh 75
 # Outputs: runs/vae_dec{W}/ (checkpoint.pt, log.csv, bundle/). Measure them on CPU afterwards with
 # evaluate_reconstruction (300 held-out clips) and benchmarks/eval_in_memory.py (with the DiT).
 set -euo pipefail
@@ -20,6 +20,7 @@ T0=$(date +%s)
 WIDTHS=${WIDTHS:-24 32}; BATCH=${BATCH:-32}; LR=${LR:-2e-4}; WORKERS=${WORKERS:-14}; SEED=${SEED:-3}
 INIT=${INIT:-videodit/assets/bundle/vae}
 export PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu_runs.sh"
 read -ra W <<< "$WIDTHS"
 PER_RUN_WORKERS=$(( WORKERS / ${#W[@]} > 0 ? WORKERS / ${#W[@]} : 1 ))
 # Leave about 45 s for start-up, the final checkpoint, the bundle and packing.
@@ -34,20 +35,4 @@ for w in "${W[@]}"; do
     > "runs/vae_dec$w.log" 2>&1 &
   pids+=($!)
 done
-status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-for w in "${W[@]}"; do
-  echo "== width $w: $(tr '\r' '\n' < "runs/vae_dec$w.log" | grep -v "it/s\]$\|s/it\]$" | tail -3 | tr '\n' ' ')"
-  tail -1 "runs/vae_dec$w/log.csv" 2>/dev/null || true
-done
-[ "$status" = 0 ] || { echo "a run failed: see runs/vae_dec*.log"; exit 1; }
-if [ -n "${PACK:-}" ]; then
-  mkdir -p "$PACK"
-  for w in "${W[@]}"; do
-    rm -rf "runs/vae_dec${w}_bundle" && cp -r "runs/vae_dec$w/bundle" "runs/vae_dec${w}_bundle"
-    tar cf - -C runs "vae_dec${w}_bundle" | split -b 15M -d - "$PACK/vae_dec$w.tar.part"
-    cp "runs/vae_dec$w/log.csv" "$PACK/vae_dec$w.log.csv"
-  done
-  echo "== packed into $PACK: $(ls "$PACK" | tr '\n' ' ')"
-fi
-echo "== done at $(( $(date +%s) - T0 )) s"
+finish_runs vae_dec "${W[@]}"

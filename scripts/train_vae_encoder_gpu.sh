@@ -27,6 +27,7 @@ VARIANTS=${VARIANTS:-"w32:--encoder-channels 32 --anchor-weight 0.02;w16:--ancho
 BATCH=${BATCH:-32}; CROP=${CROP:-0}; EDGE=${EDGE:-4}; LR=${LR:-2e-4}
 WORKERS=${WORKERS:-14}; SEED=${SEED:-5}; INIT=${INIT:-videodit/assets/bundle/vae}
 export PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu_runs.sh"
 IFS=';' read -ra V <<< "$VARIANTS"
 PER_RUN_WORKERS=$(( WORKERS / ${#V[@]} > 0 ? WORKERS / ${#V[@]} : 1 ))
 CROP_FLAGS=()
@@ -46,20 +47,4 @@ for v in "${V[@]}"; do
     > "runs/vae_enc_$name.log" 2>&1 &
   pids+=($!)
 done
-status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-for name in "${names[@]}"; do
-  echo "== $name: $(tr '\r' '\n' < "runs/vae_enc_$name.log" | grep -v "it/s\]$\|s/it\]$" | tail -3 | tr '\n' ' ')"
-  tail -1 "runs/vae_enc_$name/log.csv" 2>/dev/null || true
-done
-[ "$status" = 0 ] || { echo "a run failed: see runs/vae_enc_*.log"; exit 1; }
-if [ -n "${PACK:-}" ]; then
-  mkdir -p "$PACK"
-  for name in "${names[@]}"; do
-    rm -rf "runs/vae_enc_${name}_bundle" && cp -r "runs/vae_enc_$name/bundle" "runs/vae_enc_${name}_bundle"
-    tar cf - -C runs "vae_enc_${name}_bundle" | split -b 15M -d - "$PACK/vae_enc_$name.tar.part"
-    cp "runs/vae_enc_$name/log.csv" "$PACK/vae_enc_$name.log.csv"
-  done
-  echo "== packed into $PACK: $(ls "$PACK" | tr '\n' ' ')"
-fi
-echo "== done at $(( $(date +%s) - T0 )) s"
+finish_runs vae_enc_ "${names[@]}"
