@@ -213,6 +213,37 @@ def test_tiny_vae_overfits_one_clip(moving_disc):
     assert psnr(clip, out) > 27.0  # ~30.8 dB measured; the untrained VAE gives ~10 dB
 
 
+def test_refine_lowers_the_reconstruction_error_and_leaves_the_vae_alone(moving_disc):
+    """VideoVAE.refine: Adam on the latent against L1 + MSE, decoder fixed. The error falls with
+    steps, even called under no_grad; no weight changes or gathers a gradient; encode(refine=k) is
+    refine(encode) ; 0 steps is the identity; chunked decoding refines alike; bad use is refused."""
+    torch.manual_seed(0)
+    vae = _random_vae()
+    x = frames_to_tensor(moving_disc(frames=9, height=32, width=32, radius=6.0)).unsqueeze(0)
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+
+    def error(z):
+        with torch.no_grad():
+            e = vae.decode(z) - x
+        return (e.abs().mean() + e.pow(2).mean()).item()
+
+    with torch.no_grad():
+        z0 = vae.encode(x)
+        z3, z10 = vae.refine(x, z0, 3), vae.refine(x, z0, 10)
+    assert error(z10) < error(z3) < error(z0)
+    assert not z10.requires_grad and torch.equal(vae.refine(x, z0, 0), z0)
+    assert all(torch.equal(before[k], v) for k, v in vae.state_dict().items())
+    assert all(p.grad is None for p in vae.parameters())
+    with torch.no_grad():
+        assert torch.allclose(vae.encode(x, refine=3), z3)
+        chunked = vae.refine(x, z0, 3, chunk_frames=4)
+    assert torch.allclose(chunked, z3, atol=1e-3)
+    with pytest.raises(VideoditError, match="must be >= 0"):
+        vae.refine(x, z0, -1)
+    with pytest.raises(VideoditError, match="sample=True"):
+        vae.encode(x, sample=True, refine=2)
+
+
 def _overfit(vae, opt, x):
     for _ in range(150):
         recon, mean, logvar = vae(x)
@@ -296,8 +327,14 @@ def test_reconstruct_cli_pads_odd_shapes_and_prints_metrics(tmp_path, moving_dis
                "--chunk-frames", "4"])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "padded 6x30x34" in out and "PSNR" in out and "SSIM" in out
+    assert "padded 6x30x34" in out and "PSNR" in out and "SSIM" in out and "refine 5" in out
     assert read_video(tmp_path / "out").frames.shape == clip.shape
+    rc = main(["reconstruct", str(tmp_path / "in"), "-o", str(tmp_path / "o0"), "--model", str(tmp_path / "vae"),
+               "--refine", "0"])
+    assert rc == 0 and "refine 0" in capsys.readouterr().out
+    assert main(["reconstruct", str(tmp_path / "in"), "-o", str(tmp_path / "o1"), "--model", str(tmp_path / "vae"),
+                 "--refine", "-2"]) == 2
+    assert "--refine -2: must be >= 0" in capsys.readouterr().err
 
 
 def test_reconstruct_cli_missing_model_is_one_line(tmp_path, moving_disc, capsys):
@@ -344,6 +381,11 @@ def test_bundled_vae_reconstructs_held_out_synthworld():
         recon = tensor_to_frames(vae.decode(vae.encode(frames_to_tensor(clips))).clamp(-1, 1))
     assert np.mean([psnr(a, b) for a, b in zip(clips, recon)]) > 36.5
     assert vae.cfg.encoder_shortcut and vae.encoder.shortcut.proj.weight.abs().max() > 0  # session 9's
+    # reconstruct's encode-time refinement (5 steps): 37.14 -> 39.00 dB on clips 0-1 (+1.2 dB on 300)
+    with torch.no_grad():
+        refined = tensor_to_frames(vae.decode(vae.encode(frames_to_tensor(clips[:2]), refine=5)).clamp(-1, 1))
+    gain = np.mean([psnr(a, b) for a, b in zip(clips[:2], refined)]) - np.mean([psnr(a, b) for a, b in zip(clips[:2], recon[:2])])
+    assert gain > 1.0
 
 
 def test_decoder_only_training_keeps_encoder_and_latent_stats(tmp_path, capsys):

@@ -14,10 +14,12 @@ DEFAULT_BUNDLE = Path(__file__).resolve().parent / "assets" / "bundle" / "vae"
 AUTO_TILE = 256  # frames larger than this (either side) are processed in tiles of this size
 TILE_OVERLAP = 32
 CHUNK_FRAMES = 16  # frames per temporal chunk: bounds memory for long videos
+REFINE_STEPS = 5   # encode-time refinement steps (VideoVAE.refine; docs/VAE.md, "Encode-time refinement")
 
 _EXAMPLES = """examples:
   videodit reconstruct clip.mp4 -o clip_vae.mp4
   videodit reconstruct frames_dir/ -o out.gif --model runs/vae/bundle --max-frames 33
+  videodit reconstruct clip.mp4 -o plain.mp4 --refine 0      # the encoder's latent, no refinement
 
 Prints PSNR (dB) and SSIM of the reconstruction against the input frames (uint8 RGB)."""
 
@@ -34,6 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"frames per causal chunk, a multiple of 4; 0 = all at once (default: {CHUNK_FRAMES})")
     p.add_argument("--tile", type=int, default=None,
                    help=f"spatial tile size in pixels; 0 = no tiling (default: tile at {AUTO_TILE} when larger)")
+    p.add_argument("--refine", type=int, default=REFINE_STEPS,
+                   help="steps of encode-time refinement: Adam on the latent against the reconstruction error, "
+                        "the decoder fixed (VideoVAE.refine); each costs a decoder pass forward and backward, and "
+                        f"holds the whole clip's decoder activations. 0 = the encoder's latent as is (default: {REFINE_STEPS})")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda (default: auto)")
     p.set_defaults(func=_run)
 
@@ -90,9 +96,11 @@ def fit_shape(frames: int, height: int, width: int, stride: int) -> tuple[int, i
 
 
 def reconstruct_frames(vae, frames, *, chunk_frames: int | None = CHUNK_FRAMES, tile: int | None = None,
-                       device="cpu"):
+                       device="cpu", refine: int = 0, progress: bool = False):
     """uint8 (F, H, W, 3) -> uint8 (F, H, W, 3) through ``vae``; pads to a valid shape and crops
-    back. Returns (frames, padded (F, H, W), latent shape (c, T, h, w))."""
+    back; ``refine`` steps of encode-time refinement (VideoVAE.refine) on the latent, with a
+    progress bar if ``progress``. Returns
+    (frames, padded (F, H, W), latent shape (c, T, h, w))."""
     import numpy as np
     import torch
 
@@ -111,6 +119,7 @@ def reconstruct_frames(vae, frames, *, chunk_frames: int | None = CHUNK_FRAMES, 
         tile_kw = {"tile": tile, "tile_overlap": min(TILE_OVERLAP, tile // 2) // s * s}
     with torch.no_grad():
         z = vae.encode(x, chunk_frames=chunk_frames or None, **tile_kw)
+        z = vae.refine(x, z, refine, chunk_frames=chunk_frames or None, progress=progress, **tile_kw)
         y = vae.decode(z, chunk_frames=chunk_frames or None, **tile_kw)
     out = tensor_to_frames(y[0].clamp(-1, 1).cpu())
     return out[:Fr, :H, :W], (Fp, Hp, Wp), tuple(z.shape[1:])
@@ -124,6 +133,8 @@ def _run(args: argparse.Namespace) -> int:
     from videodit.vae import VideoVAE
     from videodit.video import psnr, read_video, write_video
 
+    if args.refine < 0:
+        raise VideoditError(f"--refine {args.refine}: must be >= 0 (0 = no refinement)")
     if args.chunk_frames < 0 or args.chunk_frames % 4:
         raise VideoditError(f"--chunk-frames {args.chunk_frames}: must be 0 or a positive multiple of 4")
     model_path = Path(args.model) if args.model else DEFAULT_BUNDLE
@@ -137,7 +148,8 @@ def _run(args: argparse.Namespace) -> int:
     Fr, H, W, _ = video.frames.shape
     t0 = time.perf_counter()
     recon, (Fp, Hp, Wp), zshape = reconstruct_frames(vae, video.frames, chunk_frames=args.chunk_frames,
-                                                     tile=args.tile, device=device)
+                                                     tile=args.tile, device=device, refine=args.refine,
+                                                     progress=True)
     elapsed = time.perf_counter() - t0
     if (Fp, Hp, Wp) != (Fr, H, W):
         print(f"note: the VAE takes 4k+1 frames and sizes that are multiples of {vae.cfg.spatial_stride}; "
@@ -145,6 +157,7 @@ def _run(args: argparse.Namespace) -> int:
               "and cropped the output back")
     out = write_video(args.out, recon, fps=video.fps)
     print(f"PSNR {psnr(video.frames, recon):.2f} dB  SSIM {ssim(video.frames, recon):.4f}  "
-          f"({Fr} frames {W}x{H}, latent {'x'.join(map(str, zshape))}, {elapsed:.2f} s on {device.type}) "
+          f"({Fr} frames {W}x{H}, latent {'x'.join(map(str, zshape))}, refine {args.refine}, "
+          f"{elapsed:.2f} s on {device.type}) "
           f"-> {out}")
     return 0

@@ -605,11 +605,12 @@ EVAL_METRICS = ("color", "shape", "count")  # evaluator metrics a reconstruction
 
 def evaluate_reconstruction(vae: VideoVAE, n: int = 64, *, seed: int = 0, width: int = 64, height: int = 64,
                             frames: int = 17, batch_size: int = 8, progress: bool = False,
-                            latent_noise: float = 0.0) -> dict:
+                            latent_noise: float = 0.0, refine: int = 0) -> dict:
     """Reconstruct ``n`` eval-split clips and return mean PSNR (dB) / SSIM, and the evaluator's
     colour / shape / count accuracy on the reconstructions and on the originals (for reference).
     ``latent_noise`` > 0 adds Gaussian noise of that std (normalised latent units, fixed seed) to
-    the latents before decoding: how well the decoder copes with a DiT's imperfect latents."""
+    the latents before decoding: how well the decoder copes with a DiT's imperfect latents.
+    ``refine`` > 0: that many steps of encode-time refinement (VideoVAE.refine) after encoding."""
     import numpy as np
     import torch
     from tqdm import tqdm
@@ -627,7 +628,7 @@ def evaluate_reconstruction(vae: VideoVAE, n: int = 64, *, seed: int = 0, width:
                    for i in range(start, min(n, start + batch_size))]
         clips = np.stack([s.frames for s in samples])  # (B, F, H, W, 3)
         with torch.no_grad():
-            z = vae.encode(frames_to_tensor(clips).to(device))
+            z = vae.encode(frames_to_tensor(clips).to(device), refine=refine)
             if latent_noise:
                 g = torch.Generator().manual_seed(seed * 1_000_003 + start)
                 z = vae.denormalize(vae.normalize(z) + latent_noise * torch.randn(z.shape, generator=g).to(z))
