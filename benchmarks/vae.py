@@ -144,7 +144,7 @@ def main() -> None:
     for row in result["speed"]:
         refined = f"refine x{args.refine} {row['refine_s']:.3f} s  " if args.refine else ""
         print(f"{row['shape']:>12}: encode {row['encode_s']:.3f} s  {refined}decode {row['decode_s']:.3f} s  "
-              f"-> {row['encode_decode_fps']:.1f} frames/s (encode+decode)")
+              f"-> {row['encode_decode_fps']:.1f} frames/s (encode{'+refine' if args.refine else ''}+decode)")
     if not args.skip_memory:
         result["memory_65x256x256_mb"] = mem = memory(args)
         print(f"peak memory, 65x256x256 encode+decode: one-shot {mem['one_shot']:.0f} MB, "
