@@ -236,6 +236,9 @@ def test_refine_lowers_the_reconstruction_error_and_leaves_the_vae_alone(moving_
     assert all(p.grad is None for p in vae.parameters())
     with torch.no_grad():
         assert torch.allclose(vae.encode(x, refine=3), z3)
+    with torch.inference_mode():  # the generation pipeline's mode: autograd must still run inside
+        assert torch.allclose(vae.encode(x, refine=3), z3)
+    with torch.no_grad():
         chunked = vae.refine(x, z0, 3, chunk_frames=4)
     assert torch.allclose(chunked, z3, atol=1e-3)
     with pytest.raises(VideoditError, match="must be >= 0"):

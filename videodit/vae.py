@@ -477,12 +477,14 @@ class VideoVAE(nn.Module):
         z = z.detach()
         if steps == 0:
             return z
-        zn = self.normalize(z.float()).requires_grad_(True)
-        opt = torch.optim.Adam([zn], lr=lr)
-        target = x.detach().float()
         from tqdm import tqdm
 
-        with torch.enable_grad():
+        # Also under torch.inference_mode (the generation pipeline's): clones made outside it are
+        # ordinary tensors that autograd can use.
+        with torch.inference_mode(False), torch.enable_grad():
+            target = x.detach().float().clone()
+            zn = self.normalize(z.float()).clone().requires_grad_(True)
+            opt = torch.optim.Adam([zn], lr=lr)
             for _ in tqdm(range(steps), desc="refine", unit="step", disable=not progress, leave=False):
                 err = self.decode(self.denormalize(zn), chunk_frames=chunk_frames, tile=tile,
                                   tile_overlap=tile_overlap) - target
