@@ -152,8 +152,7 @@ def main() -> None:
     if args.quality:
         from videodit.train.vae import evaluate_reconstruction
 
-        result["quality"] = q = evaluate_reconstruction(vae, args.quality, progress=True,
-                                                               refine=args.refine)
+        result["quality"] = q = evaluate_reconstruction(vae, args.quality, progress=True, refine=args.refine)
         print(f"SynthWorld eval x{q['clips']}: PSNR {q['psnr']:.2f} dB (min {q['psnr_min']:.2f})  "
               f"SSIM {q['ssim']:.4f} (min {q['ssim_min']:.4f})  colour {q['recon_color']:.3f}  "
               f"shape {q['recon_shape']:.3f}  count {q['recon_count']:.3f}  "

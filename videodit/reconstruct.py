@@ -99,8 +99,7 @@ def reconstruct_frames(vae, frames, *, chunk_frames: int | None = CHUNK_FRAMES, 
                        device="cpu", refine: int = 0, progress: bool = False):
     """uint8 (F, H, W, 3) -> uint8 (F, H, W, 3) through ``vae``; pads to a valid shape and crops
     back; ``refine`` steps of encode-time refinement (VideoVAE.refine) on the latent, with a
-    progress bar if ``progress``. Returns
-    (frames, padded (F, H, W), latent shape (c, T, h, w))."""
+    progress bar if ``progress``. Returns (frames, padded (F, H, W), latent shape (c, T, h, w))."""
     import numpy as np
     import torch
 
