@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Widen and train the bundled VAE's decoder on one GPU, time-boxed (docs/VAE.md, "Session 8").
-# The encoder stays frozen (--decoder-only), so the latents, and the bundled DiT trained on them,
+# Widen and train the bundled VAE's decoder on one GPU, time-boxed (docs/TRAINING.md, "Wider decoders").
+# The encoder stays frozen (--finetune decoder), so the latents, and the bundled DiT trained on them,
 # stay valid. Each width in WIDTHS is its own train-vae run, all at once on the same GPU; each
 # starts as an exact copy of the bundled decoder (--decoder-channels, videodit.vae.widen) and learns
 # on fresh SynthWorld clips until the budget is spent.
 #
 #   bash scripts/train_vae_decoder_gpu.sh BUDGET_SECONDS     # e.g. 540 on one H200
 #
-# Environment: WIDTHS (default "24 32": decoder channels at full resolution; the bundled one has 16),
+# Environment: WIDTHS (default "24 32": decoder channels at full resolution),
 # BATCH (default 32), LR (default 2e-4), WORKERS (default 14, shared by the runs), SEED (default 3),
 # INIT (default videodit/assets/bundle/vae), PACK (a folder, e.g. $OUT on a device machine: each
 # bundle as a tar in 15 MiB parts plus its log.csv; here: cat PACK/vae_dec32.tar.part* | tar xf -).
@@ -29,7 +29,7 @@ echo "== ${#W[@]} decoder run(s) (widths ${WIDTHS}), ${MINUTES} min each, ${PER_
 mkdir -p runs
 pids=()
 for w in "${W[@]}"; do
-  python3 -m videodit.cli train-vae --out "runs/vae_dec$w" --init "$INIT" --decoder-only --decoder-channels "$w" \
+  python3 -m videodit.cli train-vae --out "runs/vae_dec$w" --init "$INIT" --finetune decoder --decoder-channels "$w" \
     --steps 1000000 --max-minutes "$MINUTES" --batch-size "$BATCH" --lr "$LR" --warmup-steps 200 \
     --num-workers "$PER_RUN_WORKERS" --seed "$SEED" --save-minutes 2 --log-every 50 --no-resume \
     > "runs/vae_dec$w.log" 2>&1 &

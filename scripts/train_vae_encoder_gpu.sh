@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Train the bundled VAE's encoder against its frozen decoder on one GPU, time-boxed (docs/VAE.md,
-# "Session 9"). With --encoder-only the decoder, and so every frame the bundled DiT's samples
+# Train the bundled VAE's encoder against its frozen decoder on one GPU, time-boxed (docs/TRAINING.md,
+# "How to run the GPU training scripts"). With --finetune encoder the decoder, and so every frame the bundled DiT's samples
 # decode to, stays exactly as shipped, and so do the latent statistics: text-to-video does not
 # change at all; only encoded inputs (image-to-video, extend, connect, loop, edit) do, and
 # --anchor-weight can hold those near the latents the DiT was trained on. So this needs no DiT
@@ -11,7 +11,7 @@
 #
 # Environment: VARIANTS (NAME:FLAGS pairs separated by ';', each a run in runs/vae_enc_NAME; default
 # "w32:--encoder-channels 32 --anchor-weight 0.02;w16:--anchor-weight 0.02": the bundled encoder,
-# which has had a pixel shortcut since session 9 (an --init's shortcut is kept), widened to 32
+# which has a pixel shortcut (an --init's shortcut is kept), widened to 32
 # channels and as it is, both lightly anchored), BATCH (default 32), CROP (default 32: focused crops of that size, 0 = whole 64x64 clips),
 # EDGE (default 4: --edge-weight), LR (default 2e-4), WORKERS (default 14, shared by the runs),
 # SEED (default 5), INIT (default videodit/assets/bundle/vae), PACK (a folder, e.g. $OUT on a device
@@ -40,7 +40,7 @@ names=(); pids=()
 for v in "${V[@]}"; do
   name=${v%%:*}; read -ra flags <<< "${v#*:}"
   names+=("$name")
-  python3 -m videodit.cli train-vae --out "runs/vae_enc_$name" --init "$INIT" --encoder-only "${flags[@]}" \
+  python3 -m videodit.cli train-vae --out "runs/vae_enc_$name" --init "$INIT" --finetune encoder "${flags[@]}" \
     --edge-weight "$EDGE" "${CROP_FLAGS[@]}" \
     --steps 1000000 --max-minutes "$MINUTES" --batch-size "$BATCH" --lr "$LR" --warmup-steps 200 \
     --num-workers "$PER_RUN_WORKERS" --seed "$SEED" --save-minutes 2 --log-every 50 --no-resume \

@@ -372,8 +372,8 @@ def test_train_vae_cli_rejects_bad_frames(capsys):
 
 def test_bundled_vae_reconstructs_held_out_synthworld():
     """Regression guard for the weights shipped in videodit/assets/bundle/vae (37.91 dB mean over 300
-    held-out clips with the session 9 encoder, 38.6 dB on these four; session 8's encoder gave
-    38.2 dB here, the 16-channel decoder before it 35.1 dB; docs/VAE.md)."""
+    held-out clips, 38.6 dB on these four; the VAE before its encoder was trained against the
+    frozen decoder gave 38.2 dB here, the 16-channel decoder before that 35.1 dB; docs/VAE.md)."""
     from videodit.reconstruct import DEFAULT_BUNDLE
     from videodit.video import frames_to_tensor, psnr, tensor_to_frames
     from videodit.world import make_sample
@@ -383,7 +383,7 @@ def test_bundled_vae_reconstructs_held_out_synthworld():
     with torch.no_grad():
         recon = tensor_to_frames(vae.decode(vae.encode(frames_to_tensor(clips))).clamp(-1, 1))
     assert np.mean([psnr(a, b) for a, b in zip(clips, recon)]) > 36.5
-    assert vae.cfg.encoder_shortcut and vae.encoder.shortcut.proj.weight.abs().max() > 0  # session 9's
+    assert vae.cfg.encoder_shortcut and vae.encoder.shortcut.proj.weight.abs().max() > 0  # the shipped encoder has a trained pixel shortcut
     # reconstruct's encode-time refinement (5 steps): 37.14 -> 39.00 dB on clips 0-1 (+1.2 dB on 300)
     with torch.no_grad():
         refined = tensor_to_frames(vae.decode(vae.encode(frames_to_tensor(clips[:2]), refine=5)).clamp(-1, 1))
@@ -621,7 +621,7 @@ def test_latent_noise_is_in_normalised_units_and_needs_decoder_only(tmp_path, ca
 
 
 def test_evaluate_reconstruction_with_latent_noise_scores_lower():
-    from videodit.train.vae import evaluate_reconstruction
+    from videodit.eval.reconstruction import evaluate_reconstruction
 
     vae = _random_vae(dataclasses.replace(TINY, latent_scale=0.5))
     clean = evaluate_reconstruction(vae, n=2, width=32, height=32, frames=5, batch_size=2)

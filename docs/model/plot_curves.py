@@ -11,9 +11,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 here = Path(__file__).resolve().parent
-dit = list(csv.DictReader(open(here / "dit_train_log.csv")))  # session 7: cpu-medium, one H100
+dit = list(csv.DictReader(open(here / "dit_train_log.csv")))  # the bundled cpu-medium DiT, one H100
 vae = list(csv.DictReader(open(here / "vae_finetune_log.csv")))
-# The VAE's decoder was fine-tuned alone afterwards (--decoder-only, session 3); its log counts from 0.
+# The VAE's decoder was fine-tuned alone afterwards (--finetune decoder, on a GPU); its log counts from 0.
 dec = list(csv.DictReader(open(here / "vae_decoder_log.csv")))
 
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -36,7 +36,7 @@ ax.plot([int(r["step"]) for r in vae], [float(r["psnr"]) for r in vae], color="t
         label="whole VAE, batch 16")
 end = int(vae[-1]["step"])
 ax.plot([end + int(r["step"]) for r in dec], [float(r["psnr"]) for r in dec], color="tab:olive",
-        label="decoder only, batch 32 (session 3)")
+        label="decoder only, batch 32")
 ax.set(title="VAE fine-tunes (GPU): batch PSNR, dB", xlabel="step")
 ax.legend(fontsize=7)
 fig.tight_layout()
