@@ -35,7 +35,7 @@ def main() -> None:
     from videodit.errors import VideoditError
     from videodit.eval import evaluate
     from videodit.pipeline import Pipeline
-    from videodit.train.dit import eval_prompts
+    from videodit.eval.sampling import eval_prompts
     from videodit.vae import VideoVAE
 
     pipe = Pipeline.load(None if args.model == "bundled" else args.model)

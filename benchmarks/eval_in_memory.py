@@ -47,7 +47,7 @@ def main() -> None:
     from videodit.eval import evaluate
     from videodit.eval.framing import framing_stats
     from videodit.pipeline import Pipeline
-    from videodit.train.dit import eval_prompts
+    from videodit.eval.sampling import eval_prompts
     from videodit.world import make_sample
     from videodit.world.scene import parse_size
 

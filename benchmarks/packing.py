@@ -74,7 +74,7 @@ def main() -> None:
         cfg = DiTTrainConfig(sizes=SIZES, frames=FRAMES, tokens_per_batch=args.tokens_per_batch, pack=pack)
         plans[name] = bucket_plan(cfg, VAE_STRIDE, patch)
     keys = list(plans["bucketing"])
-    odds = torch.tensor([plans["bucketing"][k]["odds"] for k in keys])
+    odds = torch.tensor([plans["bucketing"][k].odds for k in keys])
     gen = torch.Generator().manual_seed(0)
     draws = [keys[i] for i in torch.multinomial(odds, args.draws, replacement=True, generator=gen)]
 
@@ -83,9 +83,9 @@ def main() -> None:
     for name, per_step in (("bucketing", 1), ("packing", args.pack)):
         steps[name] = []
         for i in range(0, len(draws), per_step):
-            batches = [make_batch(k, plans[name][k]["batch"], gen) for k in draws[i:i + per_step]]
+            batches = [make_batch(k, plans[name][k].batch, gen) for k in draws[i:i + per_step]]
             clips = sum(b[0].shape[0] for b in batches)
-            tokens = sum(plans[name][k]["tokens"] * plans[name][k]["batch"] for k in draws[i:i + per_step])
+            tokens = sum(plans[name][k].tokens * plans[name][k].batch for k in draws[i:i + per_step])
             text = torch.randn(clips, TEXT_LEN, TEXT_DIM, generator=gen)
             steps[name].append((batches, text, torch.ones(clips, TEXT_LEN, dtype=torch.bool), clips, tokens))
 

@@ -150,7 +150,7 @@ def main() -> None:
         print(f"peak memory, 65x256x256 encode+decode: one-shot {mem['one_shot']:.0f} MB, "
               f"chunked ({args.chunk_frames} frames) {mem['chunked']:.0f} MB (above the loaded model)")
     if args.quality:
-        from videodit.train.vae import evaluate_reconstruction
+        from videodit.eval.reconstruction import evaluate_reconstruction
 
         result["quality"] = q = evaluate_reconstruction(vae, args.quality, progress=True, refine=args.refine)
         print(f"SynthWorld eval x{q['clips']}: PSNR {q['psnr']:.2f} dB (min {q['psnr_min']:.2f})  "

@@ -94,7 +94,7 @@ def test_packed_training_runs_and_resumes_exactly(tmp_path, monkeypatch):
                           tokens_per_batch=48, pack=2, sample_every=0, save_every=100, warmup_steps=1,
                           log_every=1, threads=1, latent_cache=6)
     plan = bucket_plan(base, PRESETS["tiny"].spatial_stride, (1, 2, 2))
-    assert all(e["batch"] == max(1, 48 // (e["tokens"] * 2)) for e in plan.values())  # half the budget each
+    assert all(e.batch == max(1, 48 // (e.tokens * 2)) for e in plan.values())  # half the budget each
     straight = train_dit(dataclasses.replace(base, out=str(tmp_path / "a")))
     log = (tmp_path / "a" / "log.csv").read_text().splitlines()
     assert len(log) == 3 and all("+" in row for row in log[1:]), log  # every step packs two buckets

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from videodit.eval import evaluate
 from videodit.pipeline import Pipeline
-from videodit.train.dit import eval_prompts
+from videodit.eval.sampling import eval_prompts
 from videodit.video import write_video
 
 here = Path(__file__).resolve().parent

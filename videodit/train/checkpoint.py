@@ -7,98 +7,27 @@ loads with ``torch.load(weights_only=True)`` (no arbitrary pickle code runs):
      "optimizer": state_dict | None, "rng": {...}, "extra": dict}
 It is written to a temporary file in the same folder and moved into place with os.replace, so a
 crash mid-save leaves the previous checkpoint intact. Model bundles (config.json + safetensors)
-are separate: see ``load_safetensors_checked``.
+are separate: see ``videodit.bundle``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from videodit.bundle import check_state_dict
 from videodit.errors import VideoditError
 
 FORMAT = "videodit-checkpoint"
 VERSION = 1
-
-
-# ---------------------------------------------------------------------------------------------
-# State-dict checks shared by checkpoints and safetensors bundles
-# ---------------------------------------------------------------------------------------------
-
-def check_state_dict(model: nn.Module, state: dict, source: str) -> None:
-    """Fail naming ``source`` and every missing / unexpected key and shape mismatch."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-             for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {_short(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {_short(unexpected)}")
-    if wrong:
-        problems.append(f"shape mismatch {_short(wrong)}")
-    if problems:
-        raise VideoditError(f"{source}: weights do not match the model ({'; '.join(problems)}); "
-                            "was it saved with a different config?")
-
-
-def _short(items: list[str], n: int = 4) -> str:
-    return "[" + ", ".join(items[:n]) + (f", ... {len(items) - n} more" if len(items) > n else "") + "]"
-
-
-def save_weights_bundle(model: nn.Module, config, folder: str | Path) -> Path:
-    """A module as a bundle folder: config.json (the frozen config dataclass) + model.safetensors."""
-    import json
-
-    from safetensors.torch import save_file
-
-    from videodit.config import to_dict
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-              str(folder / "model.safetensors"))
-    return folder
-
-
-def read_bundle_config(cls, folder: str | Path, what: str):
-    """The config dataclass ``cls`` of a bundle folder, with one-line errors naming the file."""
-    import json
-
-    from videodit.config import from_dict
-
-    folder = Path(folder)
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise VideoditError(f"{folder}: not a {what} bundle (no config.json; expected config.json + model.safetensors)")
-    try:
-        return from_dict(cls, json.loads(cfg_path.read_text()), source=str(cfg_path))
-    except (ValueError, json.JSONDecodeError) as e:
-        raise VideoditError(f"{cfg_path}: {e}") from None
-
-
-def load_safetensors_checked(model: nn.Module, path: str | Path) -> None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise VideoditError(f"{path}: weights file not found")
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise VideoditError(f"{path}: not a readable safetensors file ({e})") from None
-    check_state_dict(model, state, str(path))
-    model.load_state_dict(state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,11 +66,64 @@ def _list_to_tuple(x):
 # Save / load
 # ---------------------------------------------------------------------------------------------
 
+PREVIOUS_SUFFIX = ".prev"  # checkpoint.pt -> checkpoint.prev.pt: the one kept before the newest
+CHECKSUM_SUFFIX = ".sha256"  # checkpoint.pt.sha256, in sha256sum's format
+
+
+def previous_path(path: Path) -> Path:
+    return path.with_name(path.stem + PREVIOUS_SUFFIX + path.suffix)
+
+
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def first_non_finite(states: dict) -> str | None:
+    """The name of the first floating-point tensor holding NaN or inf in a nest of dicts / lists
+    (state dicts, optimizer states), or None."""
+    stack = [("", states)]
+    while stack:
+        name, value = stack.pop()
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                return name
+        elif isinstance(value, dict):
+            stack.extend((f"{name}.{k}" if name else str(k), v) for k, v in reversed(value.items()))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{name}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+    return None
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(file)`` into a temporary file in ``path``'s folder, fsync, then os.replace: a crash
+    leaves either the old file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def save_checkpoint(path: str | Path, *, kind: str, step: int, data_position: int, config: dict,
                     model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     ema: nn.Module | None = None, extra: dict | None = None) -> Path:
-    """Write the checkpoint atomically (temp file + os.replace). ``data_position`` is how many
-    samples the data stream has handed out, the index to restart it from."""
+    """Write the checkpoint atomically, with its SHA-256 beside it (``path``.sha256); the checkpoint
+    it replaces is kept as checkpoint.prev.pt (with its checksum) for ``load_latest`` to fall back
+    to. ``data_position`` is how many samples the data stream has handed out. Refuses to write
+    NaN or inf weights or optimizer state: a checkpoint is always a state training can go on from."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -153,37 +135,82 @@ def save_checkpoint(path: str | Path, *, kind: str, step: int, data_position: in
         "rng": capture_rng(),
         "extra": extra or {},
     }
+    bad = first_non_finite({k: payload[k] for k in ("model", "ema", "optimizer", "extra")})
+    if bad:
+        raise VideoditError(f"{path}: not saved: {bad} holds NaN or inf values (the last good checkpoint is kept)")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        line = f"{file_sha256(tmp)}  {path.name}\n".encode()  # hashed as it lies on disk
+        if path.exists():  # keep the last two: the newest becomes the previous one
+            os.replace(path, previous_path(path))
+            if _checksum_path(path).exists():
+                os.replace(_checksum_path(path), _checksum_path(previous_path(path)))
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    _atomic_write(_checksum_path(path), lambda f: f.write(line))
     return path
 
 
-def read_checkpoint(path: str | Path, kind: str) -> dict:
+def verify_checksum(path: Path) -> None:
+    """Compare ``path`` with the SHA-256 recorded beside it when it was saved."""
+    record = _checksum_path(path)
+    if not record.is_file():
+        raise VideoditError(f"{path}: no checksum file {record.name} (the save did not finish, or it was "
+                            "copied without it)")
+    expected = record.read_text().split()[0] if record.read_text().split() else ""
+    if file_sha256(path) != expected:
+        raise VideoditError(f"{path}: checksum mismatch (corrupt or modified since it was saved)")
+
+
+def read_checkpoint(path: str | Path, kind: str, verify: bool = True) -> dict:
     """Load and validate the payload (no model needed). Fails with one clear line for a missing,
-    truncated, foreign or wrong-kind file."""
+    corrupt (checksum), truncated, foreign or wrong-kind file, or one that holds NaN / inf."""
     path = Path(path)
     if not path.is_file():
         raise VideoditError(f"{path}: checkpoint not found")
+    if verify:
+        verify_checksum(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError / UnpicklingError / EOFError ... for bad files
-        raise VideoditError(f"{path}: not a readable checkpoint (corrupt or truncated?): "
-                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        # Only the exception's type: torch's text advises loading with weights_only=False, which
+        # would run whatever code a foreign file holds.
+        raise VideoditError(f"{path}: not a readable checkpoint (corrupt or truncated?): {type(e).__name__}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise VideoditError(f"{path}: not a videodit checkpoint")
     if payload.get("version") != VERSION:
         raise VideoditError(f"{path}: checkpoint version {payload.get('version')}; this videodit reads {VERSION}")
     if payload.get("kind") != kind:
         raise VideoditError(f"{path}: a {payload.get('kind')!r} checkpoint, expected {kind!r}")
+    bad = first_non_finite({k: payload.get(k) for k in ("model", "ema", "optimizer", "extra")})
+    if bad:
+        raise VideoditError(f"{path}: {bad} holds NaN or inf values; training cannot go on from it")
     return payload
+
+
+def read_latest(path: str | Path, kind: str) -> tuple[dict, Path]:
+    """The newest checkpoint that verifies: ``path``, else the previous one kept beside it (with a
+    one-line warning that names what was wrong). Fails when neither can be used."""
+    path = Path(path)
+    try:
+        return read_checkpoint(path, kind), path
+    except VideoditError as newest:
+        prev = previous_path(path)
+        if not prev.is_file():
+            raise
+        try:
+            payload = read_checkpoint(prev, kind)
+        except VideoditError as older:
+            raise VideoditError(f"{newest}; and the previous one: {older}") from None
+        warnings.warn(f"{newest}; resuming from {prev.name} (step {payload['step']}) instead", stacklevel=2)
+        return payload, prev
 
 
 def config_mismatch(saved: dict, current: dict) -> list[str]:
@@ -191,13 +218,10 @@ def config_mismatch(saved: dict, current: dict) -> list[str]:
             for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
 
 
-def load_checkpoint(path: str | Path, *, kind: str, model: nn.Module,
-                    optimizer: torch.optim.Optimizer | None = None, ema: nn.Module | None = None,
-                    model_config: dict | None = None, config_key: str = "model") -> dict:
-    """Restore model / optimizer / EMA / RNG states in place and return the payload (for
-    ``step``, ``data_position``, ``config``, ``extra``). If ``model_config`` is given it must equal
-    ``payload["config"][config_key]``; differences are listed in the error."""
-    payload = read_checkpoint(path, kind)
+def restore(payload: dict, path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+            ema: nn.Module | None = None, model_config: dict | None = None, config_key: str = "model") -> None:
+    """Put a checkpoint's model / optimizer / EMA / RNG states in place. If ``model_config`` is
+    given it must equal ``payload["config"][config_key]``; differences are listed in the error."""
     if model_config is not None:
         saved = payload["config"].get(config_key, {})
         diff = config_mismatch(saved, model_config)
@@ -218,4 +242,15 @@ def load_checkpoint(path: str | Path, *, kind: str, model: nn.Module,
         except (ValueError, KeyError) as e:
             raise VideoditError(f"{path}: optimizer state does not fit ({e})") from None
     restore_rng(payload["rng"])
+
+
+def load_checkpoint(path: str | Path, *, kind: str, model: nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None, ema: nn.Module | None = None,
+                    model_config: dict | None = None, config_key: str = "model") -> dict:
+    """``read_checkpoint`` + ``restore``: returns the payload (for ``step``, ``data_position``,
+    ``config``, ``extra``)."""
+    path = Path(path)
+    payload = read_checkpoint(path, kind)
+    restore(payload, path, model=model, optimizer=optimizer, ema=ema, model_config=model_config,
+            config_key=config_key)
     return payload

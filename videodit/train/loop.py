@@ -1,0 +1,398 @@
+"""The one training loop. The DiT and VAE trainers (train/dit.py, train/vae.py) each plug a
+``Task`` into it — their model, data and loss for one step — and the loop owns the rest:
+
+  device and torchrun set-up -> resume from the newest checkpoint that verifies (or the task's
+  init) -> per step: a generator seeded by (seed, step, rank), warm-up + cosine learning rate,
+  the task's loss, backward, gradient clipping, AdamW, EMA -> divergence guard -> log.csv ->
+  atomic, checksummed checkpoints (the last two kept) every ``save_every`` steps / ``save_minutes``
+  minutes and at the end -> the task's bundle.
+
+Exact resume: every random draw of a step comes from that step's generator and the data restart
+at the step's position, so "N steps straight" and "k steps, kill, resume, N - k steps" give the
+same weights bit for bit (tests/test_loop.py kills real runs). log.csv rows after the step a run
+resumes from are dropped before it goes on, so no step is logged twice.
+
+Divergence: a NaN / inf loss or gradient norm never reaches the weights (the step is skipped),
+and a smoothed loss at ``GUARD_FACTOR`` times its best is treated the same way; the guard then
+restores the last healthy snapshot (model, EMA, optimizer, the task's other modules), halves the
+learning rate and goes on. After ``MAX_ROLLBACKS`` rollbacks the run stops with a clear error
+(exit code 2) and the last checkpoint on disk stays the last good one. Without normalisation
+layers a too-high learning rate can kill a network for good: on a GPU the VAE at lr 1e-3, batch
+16 diverged at step ~600 and its posterior collapsed (KL -> 0) for the remaining 3300 steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from videodit.device import pick_device
+from videodit.errors import VideoditError
+from videodit.train.checkpoint import read_latest, restore, save_checkpoint
+
+
+class LoopSettings(Protocol):
+    """The fields of a trainer's config that the loop reads (DiTTrainConfig and VAETrainConfig
+    both have them)."""
+    out: str
+    steps: int
+    lr: float
+    warmup_steps: int
+    weight_decay: float
+    grad_clip: float
+    ema_decay: float
+    seed: int
+    device: str
+    threads: int
+    save_every: int
+    save_minutes: float
+    log_every: int
+    max_minutes: float
+    resume: bool
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor     # scalar to backpropagate
+    monitor: torch.Tensor  # detached scalar the divergence guard watches (often ``loss``)
+    logs: dict[str, float | str] = field(default_factory=dict)  # extra log.csv columns
+
+
+class Task(Protocol):
+    """What a trainer plugs into the loop (see DiTTask, VAETask)."""
+    kind: str                        # checkpoint kind, "dit" or "vae"
+    model: nn.Module                 # the module AdamW trains (its requires_grad parameters)
+    ema: nn.Module                   # its exponential moving average (what bundles hold)
+    run_config: dict                 # stored in every checkpoint; run_config["model"] must match to resume
+    log_fields: tuple[str, ...]      # extra log.csv columns, in order (StepResult.logs keys)
+    csv_logs: tuple[str, ...]        # other per-step CSV files the task writes under out (first column: step)
+    ema_warmup: int                  # EMA decay ramps up as (1 + s) / (ema_warmup + s)
+
+    def extra_modules(self) -> dict: ...          # other state to checkpoint and roll back (name -> module / optimizer)
+    def init(self) -> None: ...                   # start from --init when there is no checkpoint
+    def batches(self, step: int) -> Iterator: ...  # the data of step ``step`` on
+    def step(self, net: nn.Module, batch, step: int, gen: torch.Generator, lr: float) -> StepResult: ...
+    def after_step(self, step: int, done: bool) -> None: ...  # periodic work (samples), main rank
+    def on_save(self) -> None: ...                # beside each checkpoint (the DiT's bundle), main rank
+    def finish(self) -> Path: ...                 # the final bundle, main rank
+
+
+# ---------------------------------------------------------------------------------------------
+# Device and torchrun
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(cfg: LoopSettings) -> DistInfo:
+    """Threads, then the torchrun process group when launched by torchrun (WORLD_SIZE > 1); one
+    process is the same program with world size 1."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes per bucket: let cuDNN pick its kernels
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return DistInfo(0, 1, 0, device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local_rank, device)
+
+
+def cleanup() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def rank_mean(value: torch.Tensor, dist: DistInfo) -> torch.Tensor:
+    """The mean of a scalar over ranks, so that every rank takes the same decision."""
+    if dist.world_size > 1:
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+        value /= dist.world_size
+    return value
+
+
+def main_flag(flag: bool, dist: DistInfo) -> bool:
+    """Rank 0's ``flag`` on every rank (its clock decides when a time-boxed run stops)."""
+    if dist.world_size == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=dist.device)
+    torch.distributed.broadcast(t, src=0)
+    return bool(t.item())
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule, seeds, EMA
+# ---------------------------------------------------------------------------------------------
+
+def lr_at(step: int, cfg: LoopSettings, time_fraction: float = 0.0) -> float:
+    """Linear warm-up, then cosine from lr to lr/10 over the steps, or over the --max-minutes
+    budget when that is further along (then the run is not bit-reproducible)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = max((step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps), time_fraction)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """The CPU generator every random draw of one step on one rank comes from."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 4096 + rank)
+
+
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model for parameters; buffers are copied."""
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1.0 - decay)
+        for e, b in zip(ema.buffers(), model.buffers()):
+            e.copy_(b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Divergence guard
+# ---------------------------------------------------------------------------------------------
+
+GUARD_SMOOTHING = 0.98      # EMA of the watched loss (about 50 steps)
+GUARD_FACTOR = 3.0          # smoothed loss at this multiple of its best so far = diverged
+GUARD_HEALTHY = 1.5         # snapshots are taken only while the smoothed loss is under this multiple
+GUARD_SNAPSHOT_EVERY = 200  # steps between in-memory snapshots
+MAX_ROLLBACKS = 4           # the fifth divergence stops the run
+
+
+class TrainingDiverged(VideoditError):
+    pass
+
+
+class DivergenceGuard:
+    """Watches the loss after every step; on a non-finite loss or gradient, or a blow-up of the
+    smoothed loss, restores the last healthy snapshot and halves the learning rate (module
+    docstring)."""
+
+    def __init__(self, warmup_steps: int, state: dict | None = None):
+        state = state or {}
+        self.warmup_steps = warmup_steps
+        self.lr_scale: float = state.get("lr_scale", 1.0)
+        self.smoothed: float | None = state.get("smoothed")
+        self.best: float | None = state.get("best")
+        self.rollbacks: int = state.get("rollbacks", 0)
+        self.snapshot: dict | None = None
+
+    def state(self) -> dict:
+        return {"lr_scale": self.lr_scale, "smoothed": self.smoothed, "best": self.best,
+                "rollbacks": self.rollbacks}
+
+    def take_snapshot(self, step: int, modules: dict) -> None:
+        self.snapshot = {"step": step, "smoothed": self.smoothed,
+                         "states": {name: copy.deepcopy(m.state_dict()) for name, m in modules.items()}}
+
+    def observe(self, step: int, loss: float, modules: dict) -> str | None:
+        """Call after each step with the step count and the (rank-averaged) watched loss, NaN when
+        the step was skipped; ``modules`` maps names to the modules / optimizers to snapshot.
+        Returns a message when it rolled back; raises TrainingDiverged when it gives up."""
+        finite = math.isfinite(loss)
+        if finite:
+            self.smoothed = loss if self.smoothed is None else (
+                GUARD_SMOOTHING * self.smoothed + (1 - GUARD_SMOOTHING) * loss)
+            if step >= self.warmup_steps:
+                self.best = self.smoothed if self.best is None else min(self.best, self.smoothed)
+        blown = finite and self.best is not None and step >= self.warmup_steps and self.smoothed > GUARD_FACTOR * self.best
+        if finite and not blown:
+            if step % GUARD_SNAPSHOT_EVERY == 0 and (self.best is None or self.smoothed < GUARD_HEALTHY * self.best):
+                self.take_snapshot(step, modules)
+            return None
+        what = f"the loss became {loss}" if not finite else (
+            f"the loss diverged (smoothed {self.smoothed:.4g}, best {self.best:.4g})")
+        self.rollbacks += 1
+        if self.rollbacks > MAX_ROLLBACKS:
+            raise TrainingDiverged(f"{what} at step {step}, after {MAX_ROLLBACKS} rollbacks that each halved "
+                                   f"the learning rate: lower --lr (or raise --warmup-steps); the last "
+                                   "checkpoint holds the last good weights")
+        for name, m in modules.items():
+            m.load_state_dict(copy.deepcopy(self.snapshot["states"][name]))
+        self.lr_scale *= 0.5
+        self.smoothed = self.snapshot["smoothed"]
+        return (f"{what} at step {step}: restored the weights of step {self.snapshot['step']}, "
+                f"learning rate x{self.lr_scale:g} (rollback {self.rollbacks} of {MAX_ROLLBACKS})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Logs
+# ---------------------------------------------------------------------------------------------
+
+class CsvLog:
+    """A CSV file with a header; rows are appended and flushed, and ``truncate(step)`` drops the
+    rows after ``step`` (a resumed run replays them)."""
+
+    def __init__(self, path: Path, fields: tuple[str, ...]):
+        self.path, self.fields = path, fields
+
+    def truncate(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines.pop()  # a row cut short by a kill
+        keep = lines[:1] + [line for line in lines[1:] if _row_step(line) is not None and _row_step(line) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, self.path)
+
+    def write(self, row: dict) -> None:
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(self.fields), extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def _row_step(line: str) -> int | None:
+    head = line.split(",", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def short_value(value) -> str:
+    return f"{value:.5g}" if isinstance(value, float) else str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "it_per_s", "elapsed_s")
+
+
+def train(cfg: LoopSettings, make_task, progress: bool = True) -> Path:
+    """Set up devices, build the task (``make_task(dist)``), run the loop; returns the task's
+    final bundle."""
+    dist = setup(cfg)
+    try:
+        return run(cfg, make_task(dist), dist, progress)
+    finally:
+        cleanup()
+
+
+def run(cfg: LoopSettings, task: Task, dist: DistInfo, progress: bool = True) -> Path:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    optimizer = torch.optim.AdamW([p for p in task.model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    guarded = {"model": task.model, "ema": task.ema, "optimizer": optimizer, **task.extra_modules()}
+    log = CsvLog(out / "log.csv", LOG_FIELDS + tuple(task.log_fields))
+    step, guard = _start(cfg, task, dist, optimizer, out, log)
+    net = task.model
+    if dist.world_size > 1:
+        net = nn.parallel.DistributedDataParallel(task.model, device_ids=[dist.device.index]
+                                                  if dist.device.type == "cuda" else None)
+
+    def save() -> None:
+        extra = {"guard": guard.state(), **{k: m.state_dict() for k, m in task.extra_modules().items()}}
+        # Both tasks restart their data from the step, so the data position is the step.
+        save_checkpoint(out / "checkpoint.pt", kind=task.kind, step=step, data_position=step, config=task.run_config,
+                        model=task.model, optimizer=optimizer, ema=task.ema, extra=extra)
+        task.on_save()
+
+    guard.take_snapshot(step, guarded)
+    batches = task.batches(step)
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {task.kind}", disable=not (progress and dist.is_main), dynamic_ncols=True)
+    t_start = t_save = t_log = time.monotonic()
+    last_log = step
+    budget = 60 * cfg.max_minutes if cfg.max_minutes > 0 else math.inf
+    try:
+        while step < cfg.steps:
+            lr = lr_at(step, cfg, (time.monotonic() - t_start) / budget) * guard.lr_scale
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            result = task.step(net, next(batches), step, step_generator(cfg.seed, step, dist.rank), lr)
+            monitor = float(rank_mean(result.monitor.detach().float(), dist))
+            grad_norm = math.nan
+            if math.isfinite(monitor):  # a NaN loss never reaches the weights
+                optimizer.zero_grad(set_to_none=True)
+                result.loss.backward()
+                grad_norm = float(nn.utils.clip_grad_norm_(task.model.parameters(), cfg.grad_clip))
+                if math.isfinite(grad_norm):
+                    optimizer.step()
+                    ema_update(task.ema, task.model, min(cfg.ema_decay, (1 + step) / (task.ema_warmup + step)))
+            step += 1
+            bar.update(1)
+            message = guard.observe(step, monitor if math.isfinite(grad_norm) else math.nan, guarded)
+            if message and dist.is_main:
+                tqdm.write(f"videodit: warning: {message}", file=sys.stderr)
+            loss = float(result.loss.detach())
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            now = time.monotonic()
+            if dist.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+                rate = (step - last_log) / max(now - t_log, 1e-9)
+                last_log, t_log = step, now
+                log.write({"step": step, "loss": f"{loss:.6g}", "lr": f"{lr:.4g}", "grad_norm": f"{grad_norm:.5g}",
+                           "it_per_s": f"{rate:.4g}", "elapsed_s": f"{now - t_start:.1f}",
+                           **{k: short_value(v) for k, v in result.logs.items()}})
+            out_of_time = main_flag(now - t_start > budget, dist)
+            done = step == cfg.steps or out_of_time
+            if dist.is_main and (done or step % cfg.save_every == 0 or now - t_save > 60 * cfg.save_minutes):
+                save()
+                t_save = time.monotonic()
+            if dist.is_main:
+                task.after_step(step, done)
+            if out_of_time:
+                tqdm.write(f"stopping at step {step}: --max-minutes {cfg.max_minutes:g} reached")
+                break
+        if dist.is_main and not (out / "checkpoint.pt").exists():
+            save()  # --steps 0 trains nothing, but the run has a checkpoint like any other
+    finally:
+        bar.close()
+    return task.finish() if dist.is_main else out / "bundle"
+
+
+def _start(cfg: LoopSettings, task: Task, dist: DistInfo, optimizer, out: Path, log: CsvLog):
+    """Resume from the newest checkpoint that verifies, else the task's init; returns the step
+    and the divergence guard (its state is part of the checkpoint)."""
+    path = out / "checkpoint.pt"
+    for stale in out.glob(".checkpoint*.tmp"):  # a run killed mid-save
+        stale.unlink(missing_ok=True)
+    logs = [log.path] + [out / name for name in task.csv_logs]
+    if not (cfg.resume and path.exists()):
+        task.init()
+        if dist.is_main:
+            for p in logs:
+                p.unlink(missing_ok=True)
+        return 0, DivergenceGuard(cfg.warmup_steps)
+    payload, used = read_latest(path, task.kind)
+    restore(payload, used, model=task.model, optimizer=optimizer, ema=task.ema,
+            model_config=task.run_config["model"])
+    for name, module in task.extra_modules().items():
+        if name not in payload["extra"]:
+            raise VideoditError(f"{used}: checkpoint has no {name} state (it was trained with other settings)")
+        module.load_state_dict(payload["extra"][name])
+    step = payload["step"]
+    if dist.is_main:
+        for p in logs:
+            CsvLog(p, ()).truncate(step)
+        print(f"resumed from {used} at step {step}")
+    return step, DivergenceGuard(cfg.warmup_steps, payload["extra"].get("guard"))
