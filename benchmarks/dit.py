@@ -1,4 +1,4 @@
-"""Speed of our DiT against diffusers' WanTransformer3DModel (issue 7), same shape, same run.
+"""Speed of our DiT against diffusers' WanTransformer3DModel, same shape, same run.
 
     PYTHONPATH=. python benchmarks/dit.py            # full: >= 5 timed runs per case after warm-up
     PYTHONPATH=. python benchmarks/dit.py --quick    # under a minute: smaller batch, fewer runs

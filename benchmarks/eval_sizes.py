@@ -1,4 +1,4 @@
-"""Evaluator results of one model at several sizes, paired (issue 10): docs/SIZES.md's table.
+"""Evaluator results of one model at several sizes, paired: docs/SIZES.md's table.
 
     for s in 64x64 80x48 48x80; do
       videodit eval --model bundled --n 60 --size $s --frames 17 --videos ev$s --json ev$s.json

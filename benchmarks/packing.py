@@ -1,4 +1,4 @@
-"""Training throughput of sequence packing vs size bucketing alone (issue 10), same run.
+"""Training throughput of sequence packing vs size bucketing alone, same run.
 
     PYTHONPATH=. python benchmarks/packing.py               # 5 repetitions, ~2-4 minutes on 1 thread
     PYTHONPATH=. python benchmarks/packing.py --reps 2 --draws 4   # quick look

@@ -1,4 +1,4 @@
-"""Prompting with images and videos, measured on SynthWorld (docs/PROMPTING.md, issue 9 targets).
+"""Prompting with images and videos, measured on SynthWorld (docs/PROMPTING.md).
 
     python benchmarks/prompting.py                                 # the bundled model, 20 samples a row
     python benchmarks/prompting.py --model runs/dit/bundle --n 50 --steps 30 --rows animate loop --json p.json

@@ -1,4 +1,4 @@
-"""How DiT step time and memory grow with video length and size (issue 7).
+"""How DiT step time and memory grow with video length and size.
 
     PYTHONPATH=. python benchmarks/scaling.py            # cpu-small and s, every shape below
     PYTHONPATH=. python benchmarks/scaling.py --quick    # cpu-small only, 1 warm-up + 2 runs, a few minutes

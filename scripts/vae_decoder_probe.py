@@ -5,7 +5,7 @@
 
 Finds the held-out clips (eval split, first 300, 64x64x17) whose reconstruction fails the
 evaluator's shape check, fine-tunes only the decoder (frozen encoder, as `train-vae
---decoder-only`) on exactly those clips, and reports how many it then renders right. Misses that
+--finetune decoder`) on exactly those clips, and reports how many it then renders right. Misses that
 a decoder can learn are information the latents already hold; misses it cannot learn even on the
 clips themselves point at the encoder. Writes runs/vae_probe/ (not a VAE to ship: it has seen
 eval clips).
@@ -86,7 +86,7 @@ def decoder_probe(idx, steps: int) -> None:
         return Misses()
 
     cfg = VAETrainConfig(out="runs/vae_probe", steps=steps, batch_size=5, lr=3e-4, warmup_steps=20,
-                         init="videodit/assets/bundle/vae", decoder_only=True, threads=2, resume=False, device="cpu",
+                         init="videodit/assets/bundle/vae", finetune="decoder", threads=2, resume=False, device="cpu",
                          ema_decay=0.99)
     tuned = VideoVAE.from_pretrained(train_vae(cfg, make_stream=make_stream))
     left = shape_fails(tuned, idx)

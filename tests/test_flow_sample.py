@@ -195,7 +195,7 @@ def test_generate_holds_conditioning_frames():
 
 
 def test_overfit_one_text_clip_pair(one_thread):
-    """The core of issue 6: a tiny DiT trained with the flow loss on one (text, clip) pair
+    """The core of flow matching: a tiny DiT trained with the flow loss on one (text, clip) pair
     reproduces the clip from fresh noise with an Euler sample (~0.3% relative MSE; 2 at init)."""
     torch.manual_seed(0)
     model = DiT(TINY)

@@ -89,7 +89,7 @@ def test_bad_config_is_a_clear_error(tmp_path, tiny_vae):
 
 
 def test_tiny_model_overfits_one_caption_clip_pair_in_pixels(tiny_vae, one_thread):
-    """Issue 6: a tiny DiT trained on one caption -> clip pair samples that clip back. Measured in
+    """A tiny DiT trained on one caption -> clip pair samples that clip back. Measured in
     pixels after decoding, against the VAE's own reconstruction of the clip (the best any DiT can
     reach through this VAE; the tiny VAE here is untrained)."""
     from videodit import flow

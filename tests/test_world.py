@@ -523,7 +523,7 @@ def test_family_error_names_the_frame_counts_that_fit():
 
 
 def test_model_card_phrasings_never_appear_in_training_captions():
-    """docs/model/phrasings.txt measures prompts never seen in training (issue 8): none of them may
+    """docs/model/phrasings.txt measures prompts never seen in training: none of them may
     be a caption, paraphrase or short prompt of a training scene."""
     from pathlib import Path
 

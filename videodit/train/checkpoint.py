@@ -1,18 +1,21 @@
-"""Training checkpoints (atomic save, exact resume) and checked weight loading.
+"""Training checkpoints: atomic, checksummed, the last two kept, never a NaN; exact resume.
 
 A checkpoint is one ``.pt`` file holding only tensors, numbers, strings, lists and dicts, so it
 loads with ``torch.load(weights_only=True)`` (no arbitrary pickle code runs):
     {"format": "videodit-checkpoint", "version": 1, "kind": str, "step": int,
      "data_position": int, "config": dict, "model": state_dict, "ema": state_dict | None,
      "optimizer": state_dict | None, "rng": {...}, "extra": dict}
-It is written to a temporary file in the same folder and moved into place with os.replace, so a
-crash mid-save leaves the previous checkpoint intact. Model bundles (config.json + safetensors)
-are separate: see ``videodit.bundle``.
+("data_position" is the step: both trainers restart their data from it.) It is written to a
+temporary file in the same folder and moved into place with os.replace, so a crash mid-save
+leaves the previous checkpoint intact; its SHA-256 goes beside it in checkpoint.pt.sha256
+(sha256sum's format), and the checkpoint it replaces stays as checkpoint.prev.pt. Reading
+verifies the checksum and refuses NaN / inf states; ``read_latest`` falls back to the previous
+checkpoint when the newest fails. Model bundles (config.json + safetensors) are separate: see
+``videodit.bundle``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import tempfile
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from videodit.bundle import check_state_dict
+from videodit.bundle import check_state_dict, file_sha256, first_non_finite
 from videodit.errors import VideoditError
 
 FORMAT = "videodit-checkpoint"
@@ -76,30 +79,6 @@ def previous_path(path: Path) -> Path:
 
 def _checksum_path(path: Path) -> Path:
     return path.with_name(path.name + CHECKSUM_SUFFIX)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def first_non_finite(states: dict) -> str | None:
-    """The name of the first floating-point tensor holding NaN or inf in a nest of dicts / lists
-    (state dicts, optimizer states), or None."""
-    stack = [("", states)]
-    while stack:
-        name, value = stack.pop()
-        if isinstance(value, torch.Tensor):
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                return name
-        elif isinstance(value, dict):
-            stack.extend((f"{name}.{k}" if name else str(k), v) for k, v in reversed(value.items()))
-        elif isinstance(value, (list, tuple)):
-            stack.extend((f"{name}[{i}]", v) for i, v in reversed(list(enumerate(value))))
-    return None
 
 
 def _atomic_write(path: Path, write) -> None:

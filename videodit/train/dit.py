@@ -196,8 +196,7 @@ def training_inputs(latents: torch.Tensor, captions: list[str], cfg: DiTTrainCon
     odds = torch.tensor(cfg.cond_mix, dtype=torch.float)
     modes = torch.multinomial(odds, B, replacement=True, generator=gen)  # (B,)
     cond = conditioning_masks(modes, T, gen)  # (B, T)
-    pt, ph, pw = patch
-    shift = flow.resolution_shift((T // pt) * (h // ph) * (w // pw))
+    shift = flow.shift_for(latents.shape, patch)
     t = flow.shift_time(flow.logit_normal((B, 1), cfg.t_mean, cfg.t_std, generator=gen), shift)  # (B, 1)
     t = torch.where(cond, 0.0, t.expand(B, T))  # (B, T): conditioning frames are clean
     if latents.device.type == "cpu":
