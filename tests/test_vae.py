@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from videodit.bundle import write_checksums
 from videodit.errors import VideoditError
 from videodit.reconstruct import fit_shape, reconstruct_frames, ssim
 from videodit.vae import PRESETS, VAEConfig, VideoVAE, _tiled
@@ -274,6 +275,7 @@ def test_bundle_with_other_config_fails_naming_file_and_key(tmp_path):
     cfg = json.loads((tmp_path / "vae" / "config.json").read_text())
     cfg["latent_channels"] = 6
     (tmp_path / "vae" / "config.json").write_text(json.dumps(cfg))
+    write_checksums(tmp_path / "vae")  # edited on purpose: accept it as it is now
     with pytest.raises(VideoditError) as e:
         VideoVAE.from_pretrained(tmp_path / "vae")
     assert "model.safetensors" in str(e.value) and "shape mismatch" in str(e.value)
@@ -284,9 +286,11 @@ def test_bundle_missing_or_corrupt(tmp_path):
         VideoVAE.from_pretrained(tmp_path)
     VideoVAE(TINY).save_pretrained(tmp_path / "vae")
     (tmp_path / "vae" / "model.safetensors").write_bytes(b"garbage")
+    write_checksums(tmp_path / "vae")  # damaged on purpose: the checksums alone would catch it (test_bundle.py)
     with pytest.raises(VideoditError, match="not a readable safetensors"):
         VideoVAE.from_pretrained(tmp_path / "vae")
     (tmp_path / "vae" / "config.json").write_text('{"base_channels": 8, "colour": 1}')
+    write_checksums(tmp_path / "vae")
     with pytest.raises(VideoditError, match="unknown VAEConfig field"):
         VideoVAE.from_pretrained(tmp_path / "vae")
 

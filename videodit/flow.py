@@ -75,6 +75,14 @@ def resolution_shift(num_tokens: int, base_tokens: int = 256, base_shift: float 
     return base_shift * math.sqrt(num_tokens / base_tokens)
 
 
+def shift_for(latent_shape: tuple[int, ...], patch: tuple[int, int, int]) -> float:
+    """``resolution_shift`` for latents of ``latent_shape`` (..., T, h, w) cut into DiT tokens of
+    ``patch`` (pt, ph, pw): the shift the samplers and the DiT trainer use by default."""
+    T, h, w = latent_shape[-3:]
+    pt, ph, pw = patch
+    return resolution_shift((T // pt) * (h // ph) * (w // pw))
+
+
 def sampling_timesteps(steps: int, shift: float = 1.0, device=None) -> torch.Tensor:
     """(steps + 1,) timesteps from 1 (noise) down to 0 (data): uniform, then shifted."""
     if steps < 1:

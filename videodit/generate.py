@@ -7,10 +7,8 @@ import time
 from pathlib import Path
 
 from videodit.errors import VideoditError
-
-# Shared with videodit.prompting; defined here so that building --help imports no torch.
-DIRECTIONS = ("forward", "backward")  # --extend
-DEFAULT_STRENGTH = 0.6  # --edit
+from videodit.modes import DEFAULT_STRENGTH, DIRECTIONS
+from videodit.world.scene import parse_size
 
 _EXAMPLES = """examples:
   videodit generate "A small red circle moves to the right on a black background." -o red.mp4
@@ -35,12 +33,12 @@ config.json; the bundled model guides only at 0.2 <= t <= 0.85, docs/MODEL.md).
 Images and clips of another size are resized and centre-cropped to --size (a note says so)."""
 
 
-def parse_size(text: str) -> tuple[int, int]:
+def size_flag(text: str) -> tuple[int, int]:
+    """--size: videodit.world.scene.parse_size, its error shown by argparse as a usage error."""
     try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, e.g. 64x64 or 80x48") from None
-    return w, h
+        return parse_size(text)
+    except VideoditError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts-file", help="batch mode: one prompt per line; writes OUT_DIR/00000.mp4, ...")
     p.add_argument("--out-dir", help="batch mode: output folder")
     p.add_argument("--frames", type=int, help="number of frames, 4k+1 (default: the bundle's, 17)")
-    p.add_argument("--size", type=parse_size, help="WIDTHxHEIGHT (default: the bundle's, 64x64)")
+    p.add_argument("--size", type=size_flag, help="WIDTHxHEIGHT (default: the bundle's, 64x64)")
     p.add_argument("--steps", type=int, help="sampler steps")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),

@@ -9,13 +9,13 @@ A model bundle is a folder (DESIGN.md: config.json + safetensors, never pickle):
     config.json          {"text": TextEncoderConfig fields, "sampler": SamplerConfig defaults}
     vae/                 config.json + model.safetensors   (videodit.vae.VideoVAE)
     dit/                 config.json + model.safetensors   (videodit.dit.DiT)
-Loading checks every key and shape and names the file that does not fit.
+each folder with its SHA256SUMS. Reading, writing and verifying them: videodit.bundle. Loading
+checks every checksum, key and shape and names the file that does not fit.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,15 +24,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from videodit.config import from_dict, to_dict
+from videodit import bundle
+from videodit.bundle import BUNDLED
+from videodit.config import from_dict
 from videodit.dit import DiT, DiTConfig
 from videodit.errors import VideoditError
 from videodit.sample import FrameCondition, SamplerConfig, generate
 from videodit.text import TextEncoder, TextEncoderConfig
 from videodit.vae import TEMPORAL_STRIDE, VideoVAE
 from videodit.video import tensor_to_frames
-
-BUNDLED = Path(__file__).resolve().parent / "assets" / "bundle"
 
 
 @dataclass(frozen=True)
@@ -45,30 +45,24 @@ class BundleConfig:
 
 
 def _read_bundle_config(path: Path) -> BundleConfig:
-    cfg_path = path / "config.json"
-    if not cfg_path.is_file():
-        raise VideoditError(f"{path}: not a model bundle (no config.json; expected config.json, vae/, dit/)")
+    data = bundle.read_config(path, "model", f"{bundle.CONFIG}, vae/, dit/")
+    cfg_path = str(path / bundle.CONFIG)
     try:
-        data = json.loads(cfg_path.read_text())
-        return BundleConfig(text=from_dict(TextEncoderConfig, data.pop("text", {}), str(cfg_path)),
-                            sampler=from_dict(SamplerConfig, data.pop("sampler", {}), str(cfg_path)),
+        return BundleConfig(text=from_dict(TextEncoderConfig, data.pop("text", {}), cfg_path),
+                            sampler=from_dict(SamplerConfig, data.pop("sampler", {}), cfg_path),
                             **{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-    except (json.JSONDecodeError, TypeError) as e:
+    except (TypeError, AttributeError) as e:
         raise VideoditError(f"{cfg_path}: not a valid bundle config ({e})") from None
 
 
 def load_dit(path: str | Path, device: str | torch.device = "cpu") -> DiT:
-    from videodit.train.checkpoint import load_safetensors_checked, read_bundle_config
-
-    dit = DiT(read_bundle_config(DiTConfig, path, "DiT"))
-    load_safetensors_checked(dit, Path(path) / "model.safetensors")
+    dit = DiT(bundle.read_bundle_config(DiTConfig, path, "DiT"))
+    bundle.load_safetensors_checked(dit, Path(path) / bundle.WEIGHTS)
     return dit.to(device).eval()
 
 
 def save_dit(dit: DiT, path: str | Path) -> Path:
-    from videodit.train.checkpoint import save_weights_bundle
-
-    return save_weights_bundle(dit, dit.config, path)
+    return bundle.save_weights_bundle(dit, dit.config, path)
 
 
 def available_memory() -> int:
@@ -111,11 +105,12 @@ class Pipeline:
         return cls(vae, dit, TextEncoder(config.text, device=device), config)
 
     def save(self, path: str | Path) -> Path:
+        """Write the bundle atomically: a crash leaves the old bundle at ``path`` or the new one."""
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.vae.save_pretrained(path / "vae")
-        save_dit(self.dit, path / "dit")
-        (path / "config.json").write_text(json.dumps(to_dict(self.config), indent=2) + "\n")
+        with bundle.writing(path) as tmp:
+            self.vae.save_pretrained(tmp / "vae")
+            save_dit(self.dit, tmp / "dit")
+            bundle.write_config(self.config, tmp)
         return path
 
     # -- checks ---------------------------------------------------------------------------------
@@ -176,13 +171,16 @@ class Pipeline:
 
     def generate_latents(self, prompts: list[str], *, frames: int, size: tuple[int, int],
                          sampler: SamplerConfig, negative: str = "", cond: FrameCondition | None = None,
+                         start: torch.Tensor | None = None, start_time: float = 1.0,
                          on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Normalised latents (B, c, T, h, w) for the prompts; ``cond``, ``start`` and
+        ``start_time`` as in videodit.sample.generate, the one sampler every mode calls."""
         c, T, h, w = self.latent_shape(frames, size)
         self.check_memory(len(prompts), frames, size, sampler.guidance)
         text, mask = self.encode_prompts(prompts)
         neg = self.encode_prompts([negative]) if negative else None
         return generate(self.dit, text, mask, (len(prompts), c, T, h, w), sampler, negative=neg, cond=cond,
-                        on_step=on_step)
+                        start=start, start_time=start_time, on_step=on_step)
 
     def sampler(self, *, seed: int = 0, steps: int | None = None, guidance: float | None = None,
                 solver: str | None = None, guidance_interval: tuple[float, float] | None = None) -> SamplerConfig:

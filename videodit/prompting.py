@@ -42,11 +42,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from videodit import flow
 from videodit.errors import VideoditError
-from videodit.generate import DEFAULT_STRENGTH, DIRECTIONS
+from videodit.modes import DEFAULT_STRENGTH, DIRECTIONS
 from videodit.pipeline import Pipeline
-from videodit.sample import FrameCondition, SamplerConfig, guided_velocity, solve
+from videodit.sample import FrameCondition, SamplerConfig
 from videodit.vae import TEMPORAL_STRIDE
 from videodit.video import frames_to_tensor, read_image, read_video
 
@@ -372,25 +371,7 @@ def edit(pipe: Pipeline, prompt: str, clip: np.ndarray, strength: float = DEFAUL
     F = len(clip)
     padded = -(-(F - 1) // TEMPORAL_STRIDE) * TEMPORAL_STRIDE + 1  # 4k + 1 >= F: repeat the last frame
     clip4 = np.concatenate([clip, np.repeat(clip[-1:], padded - F, axis=0)])
-    c, T, h, w = pipe.latent_shape(padded, size)
-    pipe.check_memory(1, padded, size, sampler.guidance)
-    x0 = encode_frames(pipe, clip4)
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(sampler.seed)).to(x0.device)
-
-    pt, ph, pw = pipe.dit.config.patch
-    shift = sampler.shift if sampler.shift is not None else flow.resolution_shift((T // pt) * (h // ph) * (w // pw))
-    # The generation schedule, cut at the strength: the same step density where both run.
-    full = flow.sampling_timesteps(sampler.steps, shift)
-    timesteps = torch.cat([torch.tensor([strength]), full[full < strength]])
-    x = (1 - strength) * x0 + strength * noise  # x_t on the flow path (flow.py)
-
-    # The unconditional branch of guidance is the negative prompt ("" = the empty prompt).
-    prompts = [prompt] if sampler.guidance == 1.0 else [prompt, negative]
-    text, mask = pipe.encode_prompts(prompts)
-    autocast = torch.autocast(pipe.device.type, torch.bfloat16, enabled=sampler.bf16)
-    # no_grad, not inference_mode: autocast keeps its bf16 weight casts across steps only there (sample.py).
-    with torch.no_grad(), autocast:
-        velocity = guided_velocity(pipe.dit, pipe.dit.text_kv(text.to(pipe.device), mask.to(pipe.device)),
-                                   sampler.guidance, sampler.guidance_interval)
-        latents = solve(velocity, x, timesteps, sampler.solver).float()
+    pipe.check_memory(1, padded, size, sampler.guidance)  # clear errors before the clip is encoded
+    latents = pipe.generate_latents([prompt], frames=padded, size=size, sampler=sampler, negative=negative,
+                                    start=encode_frames(pipe, clip4), start_time=strength)
     return pipe.decode_latents(latents)[0][:F]

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEFAULT_BUNDLE = Path(__file__).resolve().parent / "assets" / "bundle" / "vae"
+from videodit.bundle import BUNDLED
+
+DEFAULT_BUNDLE = BUNDLED / "vae"
 AUTO_TILE = 256  # frames larger than this (either side) are processed in tiles of this size
 TILE_OVERLAP = 32
 CHUNK_FRAMES = 16  # frames per temporal chunk: bounds memory for long videos
@@ -128,7 +130,7 @@ def _run(args: argparse.Namespace) -> int:
     import time
 
     from videodit.errors import VideoditError
-    from videodit.train import pick_device
+    from videodit.device import pick_device
     from videodit.vae import VideoVAE
     from videodit.video import psnr, read_video, write_video
 

@@ -12,7 +12,8 @@ Pieces, from the inside out:
   the unconditional (or negative-prompt) passes in one batch, against text K/V computed once,
   optionally only inside a timestep interval (Kynkaanniemi et al. 2024), the conditional pass
   alone elsewhere;
-- ``generate``: seeded noise, the shifted timestep list, autocast, all of the above.
+- ``generate``: seeded noise, the shifted timestep list, autocast, all of the above; every
+  prompting mode samples through it, SDEdit too (a clean start noised to a time < 1).
 
 Unconditional = the empty prompt = an all-False text mask (``videodit.text``); a negative prompt's
 embedding takes its place.
@@ -151,26 +152,45 @@ def guided_velocity(dit, text_kv, guidance: float, interval: tuple[float, float]
     return velocity
 
 
+def start_point(shape: tuple[int, ...], config: SamplerConfig, patch: tuple[int, int, int], device,
+                start: torch.Tensor | None = None, start_time: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x at the first timestep, the timesteps) for latents of ``shape`` (B, c, T, h, w): seeded
+    noise at t = 1, or with ``start`` (clean latents of ``shape``) the point x_t on the flow path
+    at t = ``start_time`` and the generation schedule cut there (SDEdit, Meng et al. 2022)."""
+    # Noise drawn on the CPU from the seed, so a seed gives the same video on every device.
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(config.seed)).to(device)
+    shift = config.shift if config.shift is not None else flow.shift_for(shape, patch)
+    timesteps = flow.sampling_timesteps(config.steps, shift)
+    if start is None:
+        if start_time != 1.0:
+            raise VideoditError(f"start time {start_time}: sampling from noise starts at 1; give start latents")
+        return noise, timesteps
+    if tuple(start.shape) != tuple(shape):
+        raise VideoditError(f"start latents {tuple(start.shape)}: expected {tuple(shape)}")
+    if not 0.0 <= start_time <= 1.0:
+        raise VideoditError(f"start time {start_time}: must be in [0, 1] (0 keeps the start, 1 ignores it)")
+    # The generation schedule, cut at the start time: the same step density where both run.
+    timesteps = torch.cat([torch.tensor([start_time]), timesteps[timesteps < start_time]])
+    return (1 - start_time) * start.to(device) + start_time * noise, timesteps  # x_t (flow.py)
+
+
 def generate(dit, text: torch.Tensor, text_mask: torch.Tensor, shape: tuple[int, int, int, int, int],
              config: SamplerConfig = SamplerConfig(), *, negative: tuple[torch.Tensor, torch.Tensor] | None = None,
-             cond: FrameCondition | None = None, on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+             cond: FrameCondition | None = None, start: torch.Tensor | None = None, start_time: float = 1.0,
+             on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Text embeddings (B, L, D_text) + mask (B, L) -> latents of ``shape`` (B, c, T, h, w), fp32.
 
     ``negative``: (tokens, mask) of negative prompts (B or 1 rows) used in place of the empty
     prompt for guidance. ``cond``: clean latent frames to keep (see FrameCondition).
+    ``start``, ``start_time``: begin from clean latents ``start`` noised to t = ``start_time``
+    instead of from noise at t = 1 (see start_point).
     """
-    B, c, T, h, w = shape
+    B = shape[0]
     if text.shape[0] != B:
         raise VideoditError(f"generate: {text.shape[0]} prompts for a batch of {B} latents")
     device = next(dit.parameters()).device
     text, text_mask = text.to(device), text_mask.to(device)
-    # Noise drawn on the CPU from the seed, so a seed gives the same video on every device.
-    generator = torch.Generator().manual_seed(config.seed)
-    x = torch.randn(shape, generator=generator).to(device)
-
-    pt, ph, pw = dit.config.patch
-    shift = config.shift if config.shift is not None else flow.resolution_shift((T // pt) * (h // ph) * (w // pw))
-    timesteps = flow.sampling_timesteps(config.steps, shift)
+    x, timesteps = start_point(shape, config, dit.config.patch, device, start, start_time)
 
     if config.guidance != 1.0:
         if negative is None:

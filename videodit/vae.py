@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from videodit import bundle
 from videodit.errors import VideoditError
 
 TEMPORAL_STRIDE = 4
@@ -550,16 +551,12 @@ class VideoVAE(nn.Module):
 
     # -- bundles --------------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> Path:
-        from videodit.train.checkpoint import save_weights_bundle
-
-        return save_weights_bundle(self, self.cfg, path)
+        return bundle.save_weights_bundle(self, self.cfg, path)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "VideoVAE":
-        from videodit.train.checkpoint import load_safetensors_checked, read_bundle_config
-
-        model = cls(read_bundle_config(VAEConfig, path, "VAE"))
-        load_safetensors_checked(model, Path(path) / "model.safetensors")
+        model = cls(bundle.read_bundle_config(VAEConfig, path, "VAE"))
+        bundle.load_safetensors_checked(model, Path(path) / bundle.WEIGHTS)
         return model.to(device).eval()
 
 

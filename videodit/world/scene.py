@@ -107,15 +107,18 @@ def check_canvas(width: int, height: int, frames: int) -> None:
 
 
 def parse_size(text: str | tuple[int, int], name: str = "size") -> tuple[int, int]:
-    """'WxH' (or a (w, h) pair) -> (width, height), validated."""
+    """'WIDTHxHEIGHT' (or a (w, h) pair) -> (width, height) of positive ints; every --size and
+    sizes list parses here. What a size must be is checked where it is used: ``check_canvas``
+    for SynthWorld clips, ``Pipeline.latent_shape`` for a model."""
     if isinstance(text, str):
         parts = text.lower().split("x")
         if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-            raise VideoditError(f"{name} {text!r}: expected WxH, e.g. 64x64 or 128x96")
+            raise VideoditError(f"{name} {text!r}: expected WIDTHxHEIGHT, e.g. 64x64 or 80x48")
         width, height = int(parts[0]), int(parts[1])
     else:
         width, height = (int(v) for v in text)
-    check_canvas(width, height, 1)
+    if width < 1 or height < 1:
+        raise VideoditError(f"{name} {width}x{height}: width and height must be at least 1")
     return width, height
 
 
