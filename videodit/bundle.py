@@ -115,7 +115,10 @@ def first_non_finite(states) -> str | None:
     while stack:
         name, value = stack.pop()
         if isinstance(value, torch.Tensor):
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            # A sum is NaN or inf when an element is (or when huge values overflow: hence the
+            # exact check after it); summing is ~7x faster than isfinite().all() on a CPU.
+            if (value.is_floating_point() and not bool(torch.isfinite(value.sum(dtype=torch.float32)))
+                    and not bool(torch.isfinite(value).all())):
                 return name
         elif isinstance(value, dict):
             stack.extend((f"{name}.{k}" if name else str(k), v) for k, v in reversed(value.items()))
