@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from videodit.config import add_dataclass_args
+from videodit.config import add_dataclass_args, existing, number
 
 _EXAMPLES = """examples:
   videodit world render --split eval --n 60 --out /tmp/ev && cat /tmp/ev/*.txt > /tmp/prompts.txt
@@ -18,31 +18,42 @@ metric its prompt asks for. The last line printed is
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".webp")
 
 
+def size_flag(text: str) -> tuple[int, int]:
+    """--size WxH -> (width, height); a usage error when malformed."""
+    from videodit.errors import VideoditError
+    from videodit.world.scene import parse_size
+
+    try:
+        return parse_size(text, name="size")
+    except VideoditError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from videodit.eval.config import EvalConfig
 
     p = sub.add_parser(
-        "eval", help="score videos against their prompts on SynthWorld's ground-truth metrics",
+        "eval",
         description="Score videos against prompts: colour, shape, count, background, relation, "
                     "motion, speed, gravity, collision, consistency, occlusion, sharpness.",
         epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--videos", help="folder holding 00000.mp4, 00001.mp4, ... (with --model: where the "
                                     "generated videos are written, default eval_videos/)")
-    p.add_argument("--prompts", help="text file, one prompt per line, in video order (with --model: "
+    p.add_argument("--prompts", type=existing("file"), help="text file, one prompt per line, in video order (with --model: "
                                      "default the first N SynthWorld eval-split captions)")
     gen = p.add_argument_group("generate, then score (a model bundle instead of a folder of videos)")
-    gen.add_argument("--model", help="model bundle folder, or 'bundled': generate one video per prompt first")
-    gen.add_argument("--n", type=int, default=None, help="with --model: how many SynthWorld eval prompts (default 100)")
-    gen.add_argument("--steps", type=int, default=None, help="with --model: sampler steps (default: the bundle's)")
-    gen.add_argument("--guidance", type=float, default=None, help="with --model: guidance (default: the bundle's)")
-    gen.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+    gen.add_argument("--model", type=existing("dir", words=("bundled",)), help="model bundle folder, or 'bundled': generate one video per prompt first")
+    gen.add_argument("--n", type=number(int, min=1), default=None, help="with --model: how many SynthWorld eval prompts (default 100)")
+    gen.add_argument("--steps", type=number(int, min=1), default=None, help="with --model: sampler steps (default: the bundle's)")
+    gen.add_argument("--guidance", type=number(float, min=0), default=None, help="with --model: guidance (default: the bundle's)")
+    gen.add_argument("--guidance-interval", type=number(float, min=0, max=1), nargs=2, metavar=("LO", "HI"), default=None,
                      help="with --model: guide only at timesteps LO <= t <= HI (default: the bundle's)")
-    gen.add_argument("--seed", type=int, default=0, help="with --model: seed of video i is SEED + i (default 0)")
-    gen.add_argument("--size", default=None, help="with --model: video size WxH, e.g. 80x48 (default: the bundle's)")
-    gen.add_argument("--frames", type=int, default=None, help="with --model: frames, 4k+1 (default: the bundle's)")
+    gen.add_argument("--seed", type=number(int, min=0), default=0, help="with --model: seed of video i is SEED + i (default 0)")
+    gen.add_argument("--size", default=None, type=size_flag, help="with --model: video size WxH, e.g. 80x48 (default: the bundle's)")
+    gen.add_argument("--frames", type=number(int, min=1), default=None, help="with --model: frames, 4k+1 (default: the bundle's)")
     p.add_argument("--json", default=None, help="write per-video results and the table here")
     p.add_argument("--html", default=None, help="write a self-contained HTML report here")
-    p.add_argument("--fps", type=float, default=None,
+    p.add_argument("--fps", type=number(float, min=0, min_exclusive=True), default=None,
                    help="frame rate for the physics metrics (default: each file's own rate)")
     add_dataclass_args(p, EvalConfig)
     p.set_defaults(func=_run)
@@ -76,9 +87,8 @@ def generate_for_eval(args: argparse.Namespace) -> None:
 
     from videodit.errors import VideoditError
     from videodit.pipeline import Pipeline
-    from videodit.train.dit import eval_prompts
+    from videodit.eval.sampling import eval_prompts
     from videodit.video import write_video
-    from videodit.world.scene import parse_size
 
     if args.prompts is not None and args.n is not None:
         raise VideoditError("give --prompts FILE or --n N with --model, not both")
@@ -88,7 +98,7 @@ def generate_for_eval(args: argparse.Namespace) -> None:
     prompts = read_prompts(args.prompts) if args.prompts else eval_prompts(n)
     folder = Path(args.videos or "eval_videos")
     folder.mkdir(parents=True, exist_ok=True)
-    size = parse_size(args.size, name="size") if args.size else None
+    size = args.size
     pipe = Pipeline.load(None if args.model == "bundled" else args.model)
     for i, prompt in enumerate(tqdm(prompts, desc="generate", unit="video")):
         video = pipe(prompt, steps=args.steps, guidance=args.guidance, seed=args.seed + i, size=size,
@@ -115,10 +125,20 @@ def _run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    from videodit.errors import VideoditError
+
+    # The flags are checked before the metrics (numpy, scipy) and any model load.
+    if not args.model:
+        if args.videos is None or args.prompts is None:
+            raise VideoditError("give --videos DIR --prompts FILE, or --model PATH [--n N] to generate them first")
+        if args.n is not None or args.size is not None or args.frames is not None:
+            raise VideoditError("--n, --size and --frames go with --model")
+        if not Path(args.videos).is_dir():
+            raise VideoditError(f"--videos {args.videos}: no such folder")
+
     from tqdm import tqdm
 
     from videodit.config import dataclass_from_args
-    from videodit.errors import VideoditError
     from videodit.eval.config import EvalConfig
     from videodit.eval.metrics import score_video
     from videodit.eval.parse import parse_prompt
@@ -128,15 +148,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = dataclass_from_args(EvalConfig(), args)
     if args.model:
         generate_for_eval(args)
-    elif args.videos is None or args.prompts is None:
-        raise VideoditError("give --videos DIR --prompts FILE, or --model PATH [--n N] to generate them first")
-    elif args.n is not None or args.size is not None or args.frames is not None:
-        raise VideoditError("--n, --size and --frames go with --model")
     folder = Path(args.videos)
-    if not folder.is_dir():
-        raise VideoditError(f"--videos {folder}: no such folder")
-    if args.fps is not None and args.fps <= 0:
-        raise VideoditError(f"--fps: must be positive, got {args.fps}")
     prompts = read_prompts(args.prompts)
 
     def warn(message: str) -> None:

@@ -13,13 +13,13 @@ _EXAMPLES = """examples:
   # many GPUs: the same program under torchrun (DDP; the data stream shards by rank)
   torchrun --nproc-per-node 8 -m videodit.cli train-vae --out runs/vae_ddp
   # fine-tune only the bundled decoder (the latents a DiT was trained on stay), on object-centred crops
-  videodit train-vae --init videodit/assets/bundle/vae --decoder-only --batch-size 16 --crop-size 32 \\
+  videodit train-vae --init videodit/assets/bundle/vae --finetune decoder --batch-size 16 --crop-size 32 \\
       --crop-focus --lr 1e-4 --max-minutes 30 --steps 100000 --out runs/vae_dec
   # a wider decoder, starting as an exact copy of the bundled one (how the bundled decoder was made)
-  videodit train-vae --init videodit/assets/bundle/vae --decoder-only --decoder-channels 48 \\
+  videodit train-vae --init videodit/assets/bundle/vae --finetune decoder --decoder-channels 48 \\
       --batch-size 32 --lr 2e-4 --max-minutes 8 --steps 1000000 --num-workers 14 --out runs/vae_dec48
   # the converse: only the encoder learns, against the bundled decoder (samples decode as before)
-  videodit train-vae --init videodit/assets/bundle/vae --encoder-only --batch-size 16 --crop-size 32 \\
+  videodit train-vae --init videodit/assets/bundle/vae --finetune encoder --batch-size 16 --crop-size 32 \\
       --crop-focus --edge-weight 4 --lr 2e-4 --max-minutes 80 --steps 100000 --out runs/vae_enc
 
 Resumes from OUT/checkpoint.pt when it exists (--no-resume starts over). At the end OUT/bundle/
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from videodit.config import add_dataclass_args
     from videodit.train.vae import VAETrainConfig
 
-    p = sub.add_parser("train-vae", help="train the causal video VAE on SynthWorld",
+    p = sub.add_parser("train-vae",
                        description="Train the causal 3D video VAE (L1 + MSE + KL, optionally edge-weighted or adversarial, "
                                    "on whole clips or focused crops; bf16 autocast, EMA, exact resume).",
                        epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,9 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from videodit import use_cpu_threads
     from videodit.config import dataclass_from_args
     from videodit.train.vae import VAETrainConfig, train_vae
 
+    use_cpu_threads()  # --threads, when given, wins
     cfg = dataclass_from_args(VAETrainConfig(), args)
     bundle = train_vae(cfg)
     if _is_main_process():
@@ -73,7 +75,7 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     from videodit.config import add_dataclass_args
     from videodit.train.dit import DiTTrainConfig
 
-    p = sub.add_parser("train", help="train the text-to-video DiT on SynthWorld (flow matching)",
+    p = sub.add_parser("train",
                        description="Train the diffusion transformer by flow matching on SynthWorld latents "
                                    "(bf16 autocast, AdamW, EMA, caption dropout, conditioning-frame mixture, "
                                    "exact resume, torchrun data parallel).",
@@ -83,9 +85,11 @@ def register_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from videodit import use_cpu_threads
     from videodit.config import dataclass_from_args
     from videodit.train.dit import DiTTrainConfig, train_dit
 
+    use_cpu_threads()  # --threads, when given, wins
     bundle = train_dit(dataclass_from_args(DiTTrainConfig(), args))
     if _is_main_process():
         print(f"saved model bundle to {bundle}")
