@@ -74,9 +74,11 @@ def test_missing_and_unreadable_videos_fail_with_a_warning(rendered, tmp_path, c
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
+    assert main(["eval", "--videos", str(tmp_path), "--prompts", str(tmp_path / "p.txt")]) == 2
+    assert "argument --prompts: no such file" in capsys.readouterr().err
+    (tmp_path / "p.txt").write_text("a red ball\n\na blue box\n")
     assert main(["eval", "--videos", str(tmp_path / "nope"), "--prompts", str(tmp_path / "p.txt")]) == 2
     assert "no such folder" in capsys.readouterr().err
-    (tmp_path / "p.txt").write_text("a red ball\n\na blue box\n")
     assert main(["eval", "--videos", str(tmp_path), "--prompts", str(tmp_path / "p.txt")]) == 2
     err = capsys.readouterr().err.strip()
     assert "line 2 is empty" in err and len(err.splitlines()) == 1
