@@ -341,7 +341,7 @@ def test_reconstruct_cli_pads_odd_shapes_and_prints_metrics(tmp_path, moving_dis
     assert rc == 0 and "refine 0" in capsys.readouterr().out
     assert main(["reconstruct", str(tmp_path / "in"), "-o", str(tmp_path / "o1"), "--model", str(tmp_path / "vae"),
                  "--refine", "-2"]) == 2
-    assert "--refine -2: must be >= 0" in capsys.readouterr().err
+    assert "argument --refine: must be >= 0 (got -2)" in capsys.readouterr().err
 
 
 def test_reconstruct_cli_missing_model_is_one_line(tmp_path, moving_disc, capsys):
@@ -351,7 +351,7 @@ def test_reconstruct_cli_missing_model_is_one_line(tmp_path, moving_disc, capsys
     write_video(tmp_path / "in", moving_disc(frames=5, height=32, width=32))
     rc = main(["reconstruct", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "nope")])
     assert rc == 2
-    assert "bundle folder not found" in capsys.readouterr().err
+    assert "argument --model: no such folder" in capsys.readouterr().err
 
 
 
@@ -395,8 +395,8 @@ def test_bundled_vae_reconstructs_held_out_synthworld():
     assert gain > 1.0
 
 
-def test_decoder_only_training_keeps_encoder_and_latent_stats(tmp_path, capsys):
-    """--decoder-only: the encoder's weights and the latent shift/scale are --init's exactly, so a
+def test_finetune_decoder_keeps_encoder_and_latent_stats(tmp_path, capsys):
+    """--finetune decoder: the encoder's weights and the latent shift/scale are --init's exactly, so a
     DiT trained on those latents stays valid; the decoder does learn."""
     from safetensors.torch import load_file
 
@@ -407,19 +407,19 @@ def test_decoder_only_training_keeps_encoder_and_latent_stats(tmp_path, capsys):
     assert main(["train-vae", "--out", str(tmp_path / "a"), "--steps", "2", *common]) == 0
     init = tmp_path / "a" / "bundle"
     assert main(["train-vae", "--out", str(tmp_path / "b"), "--steps", "3", "--init", str(init),
-                 "--decoder-only", *common]) == 0
+                 "--finetune", "decoder", *common]) == 0
     before, after = load_file(init / "model.safetensors"), load_file(tmp_path / "b" / "bundle" / "model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
     a, b = VideoVAE.from_pretrained(init).cfg, VideoVAE.from_pretrained(tmp_path / "b" / "bundle").cfg
     assert (a.latent_shift, a.latent_scale) == (b.latent_shift, b.latent_scale)
     capsys.readouterr()
-    assert main(["train-vae", "--out", str(tmp_path / "c"), "--decoder-only", *common]) == 2
-    assert "--decoder-only needs --init" in capsys.readouterr().err
+    assert main(["train-vae", "--out", str(tmp_path / "c"), "--finetune", "decoder", *common]) == 2
+    assert "--finetune decoder needs --init" in capsys.readouterr().err
 
 
-def test_encoder_only_training_keeps_decoder_and_latent_stats(tmp_path, capsys):
-    """--encoder-only: the decoder's weights and the latent statistics are --init's exactly (so a DiT's
+def test_finetune_encoder_keeps_decoder_and_latent_stats(tmp_path, capsys):
+    """--finetune encoder: the decoder's weights and the latent statistics are --init's exactly (so a DiT's
     samples decode as before); the encoder learns, widened too with --encoder-channels; clashing
     flags are refused by name."""
     from safetensors.torch import load_file
@@ -432,7 +432,7 @@ def test_encoder_only_training_keeps_decoder_and_latent_stats(tmp_path, capsys):
     init = tmp_path / "a" / "bundle"
     for name, extra in (("b", []), ("w", ["--encoder-channels", "16"]), ("s", ["--encoder-shortcut"])):
         assert main(["train-vae", "--out", str(tmp_path / name), "--steps", "3", "--init", str(init),
-                     "--encoder-only", *extra, *common]) == 0
+                     "--finetune", "encoder", *extra, *common]) == 0
         before = load_file(init / "model.safetensors")
         after = load_file(tmp_path / name / "bundle" / "model.safetensors")
         assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
@@ -445,14 +445,14 @@ def test_encoder_only_training_keeps_decoder_and_latent_stats(tmp_path, capsys):
     assert shortcut.cfg.encoder_shortcut and shortcut.encoder.shortcut.proj.weight.abs().max() > 0
     # a bundle that has a shortcut keeps it (and its weights) as --init, without the flag
     assert main(["train-vae", "--out", str(tmp_path / "s2"), "--steps", "1", "--init", str(tmp_path / "s" / "bundle"),
-                 "--encoder-only", *common]) == 0
+                 "--finetune", "encoder", *common]) == 0
     assert VideoVAE.from_pretrained(tmp_path / "s2" / "bundle").cfg.encoder_shortcut
     capsys.readouterr()
-    assert main(["train-vae", "--out", str(tmp_path / "c"), "--encoder-only", *common]) == 2
-    assert "--encoder-only needs --init" in capsys.readouterr().err
-    for flag in (["--decoder-only"], ["--decoder-channels", "16"], ["--per-channel-latents"],
+    assert main(["train-vae", "--out", str(tmp_path / "c"), "--finetune", "encoder", *common]) == 2
+    assert "--finetune encoder needs --init" in capsys.readouterr().err
+    for flag in (["--decoder-channels", "16"], ["--per-channel-latents"],
                  ["--adv-weight", "0.1"]):
-        assert main(["train-vae", "--out", str(tmp_path / "d"), "--init", str(init), "--encoder-only",
+        assert main(["train-vae", "--out", str(tmp_path / "d"), "--init", str(init), "--finetune", "encoder",
                      *flag, *common]) == 2
         assert f"{flag[0]} does not go with it" in capsys.readouterr().err
 
@@ -486,12 +486,12 @@ def test_per_channel_latent_stats_measured_with_steps_0_and_used_by_normalize(tm
     assert torch.allclose(chan.denormalize(n), z, atol=1e-5)
     capsys.readouterr()
     assert main(["train-vae", "--out", str(tmp_path / "c"), "--steps", "0", *common]) == 2
-    assert "--steps must be >= 1" in capsys.readouterr().err
-    assert main(["train-vae", "--out", str(tmp_path / "d"), "--init", str(init), "--decoder-only",
+    assert "--steps 0 only measures the latent statistics of --init" in capsys.readouterr().err
+    assert main(["train-vae", "--out", str(tmp_path / "d"), "--init", str(init), "--finetune", "decoder",
                  "--per-channel-latents", *common]) == 2
-    assert "--per-channel-latents changes the latents" in capsys.readouterr().err
-    # --decoder-only from a per-channel bundle keeps its per-channel statistics
-    assert main(["train-vae", "--out", str(tmp_path / "e"), "--steps", "1", "--init", str(out), "--decoder-only",
+    assert "--per-channel-latents does not go with it" in capsys.readouterr().err
+    # --finetune decoder from a per-channel bundle keeps its per-channel statistics
+    assert main(["train-vae", "--out", str(tmp_path / "e"), "--steps", "1", "--init", str(out), "--finetune", "decoder",
                  *common]) == 0
     kept = VideoVAE.from_pretrained(tmp_path / "e" / "bundle").cfg
     assert (kept.latent_channel_shift, kept.latent_channel_scale) == (chan.cfg.latent_channel_shift,
@@ -598,7 +598,7 @@ def test_anchor_weight_trains_both_halves_and_keeps_init_latent_stats(tmp_path, 
     assert "--anchor-weight" in capsys.readouterr().err
 
 
-def test_latent_noise_is_in_normalised_units_and_needs_decoder_only(tmp_path, capsys):
+def test_latent_noise_is_in_normalised_units_and_needs_finetune_decoder(tmp_path, capsys):
     from videodit.cli import main
 
     vae = dataclasses.replace(TINY, latent_scale=4.0)
@@ -617,11 +617,11 @@ def test_latent_noise_is_in_normalised_units_and_needs_decoder_only(tmp_path, ca
               "--stats-batches", "1", "--device", "cpu", "--threads", "1"]
     assert main(["train-vae", "--out", str(tmp_path / "a"), "--steps", "1", *common]) == 0
     assert main(["train-vae", "--out", str(tmp_path / "b"), "--steps", "2", "--init", str(tmp_path / "a" / "bundle"),
-                 "--decoder-only", "--latent-noise", "0.3", *common]) == 0
+                 "--finetune", "decoder", "--latent-noise", "0.3", *common]) == 0
     capsys.readouterr()
     assert main(["train-vae", "--out", str(tmp_path / "c"), "--steps", "2", "--init", str(tmp_path / "a" / "bundle"),
                  "--latent-noise", "0.3", *common]) == 2
-    assert "--latent-noise 0.3" in capsys.readouterr().err
+    assert "--latent-noise goes with --finetune decoder" in capsys.readouterr().err
 
 
 def test_evaluate_reconstruction_with_latent_noise_scores_lower():
@@ -669,7 +669,7 @@ def test_widened_encoder_and_decoder_compute_what_the_narrow_ones_did_and_their_
 
 
 def test_train_vae_decoder_channels_widens_the_init_decoder(tmp_path, capsys):
-    """--init B --decoder-only --decoder-channels W: the bundle's decoder is W wide, its encoder and
+    """--init B --finetune decoder --decoder-channels W: the bundle's decoder is W wide, its encoder and
     latent statistics are B's, and it loads and decodes; narrowing is refused with a clear error."""
     from safetensors.torch import load_file
 
@@ -679,7 +679,7 @@ def test_train_vae_decoder_channels_widens_the_init_decoder(tmp_path, capsys):
               "--stats-batches", "1", "--device", "cpu", "--threads", "1"]
     assert main(["train-vae", "--out", str(tmp_path / "a"), "--steps", "2", *common]) == 0
     init = tmp_path / "a" / "bundle"
-    assert main(["train-vae", "--out", str(tmp_path / "b"), "--steps", "2", "--init", str(init), "--decoder-only",
+    assert main(["train-vae", "--out", str(tmp_path / "b"), "--steps", "2", "--init", str(init), "--finetune", "decoder",
                  "--decoder-channels", "16", *common]) == 0
     out = tmp_path / "b" / "bundle"
     assert "decoder widened 8 -> 16 channels" in capsys.readouterr().out
@@ -690,12 +690,12 @@ def test_train_vae_decoder_channels_widens_the_init_decoder(tmp_path, capsys):
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
     with torch.no_grad():
         assert wide.decode(torch.zeros(1, wide.cfg.latent_channels, 2, 8, 8)).shape == (1, 3, 5, 32, 32)
-    assert main(["train-vae", "--out", str(tmp_path / "c"), "--steps", "1", "--init", str(out), "--decoder-only",
+    assert main(["train-vae", "--out", str(tmp_path / "c"), "--steps", "1", "--init", str(out), "--finetune", "decoder",
                  "--decoder-channels", "8", *common]) == 2
     assert "can be widened, not narrowed" in capsys.readouterr().err
-    assert main(["train-vae", "--out", str(tmp_path / "d"), "--steps", "1", "--init", str(out), "--decoder-only",
+    assert main(["train-vae", "--out", str(tmp_path / "d"), "--steps", "1", "--init", str(out), "--finetune", "decoder",
                  "--encoder-channels", "16", *common]) == 2
-    assert "--decoder-only freezes" in capsys.readouterr().err
+    assert "--finetune decoder freezes" in capsys.readouterr().err
     # the whole VAE, its encoder widened too: the decoder keeps its 16 channels, the statistics are measured again
     assert main(["train-vae", "--out", str(tmp_path / "e"), "--steps", "1", "--init", str(out),
                  "--encoder-channels", "16", *common]) == 0
