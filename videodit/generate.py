@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from videodit.config import existing, number
 from videodit.errors import VideoditError
 from videodit.modes import DEFAULT_STRENGTH, DIRECTIONS
 from videodit.world.scene import parse_size
@@ -42,47 +43,47 @@ def size_flag(text: str) -> tuple[int, int]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="generate a video from a text prompt",
+    p = sub.add_parser("generate",
                        description="Generate a video from a text prompt with a videodit model bundle "
                                    "(the bundled SynthWorld model unless --model is given).",
                        epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prompt", nargs="?", help="the text prompt (\"\" = unconditional)")
     p.add_argument("-o", "--output", help="output file: .mp4, .gif, .webp or .png (default: video.mp4)")
-    p.add_argument("--prompts-file", help="batch mode: one prompt per line; writes OUT_DIR/00000.mp4, ...")
+    p.add_argument("--prompts-file", type=existing("file"), help="batch mode: one prompt per line; writes OUT_DIR/00000.mp4, ...")
     p.add_argument("--out-dir", help="batch mode: output folder")
-    p.add_argument("--frames", type=int, help="number of frames, 4k+1 (default: the bundle's, 17)")
+    p.add_argument("--frames", type=number(int, min=1), help="number of frames, 4k+1 (default: the bundle's, 17)")
     p.add_argument("--size", type=size_flag, help="WIDTHxHEIGHT (default: the bundle's, 64x64)")
-    p.add_argument("--steps", type=int, help="sampler steps")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),
+    p.add_argument("--steps", type=number(int, min=1), help="sampler steps")
+    p.add_argument("--guidance", type=number(float, min=0), help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--guidance-interval", type=number(float, min=0, max=1), nargs=2, metavar=("LO", "HI"),
                    help="guide only at timesteps LO <= t <= HI (1 = noise, 0 = clean), the conditional pass alone "
                         "elsewhere; 0 1 = every step (default: the bundle's)")
     p.add_argument("--solver", choices=("euler", "heun"), help="ODE solver")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same video; default 0)")
+    p.add_argument("--seed", type=number(int, min=0), default=0, help="noise seed (same seed, same video; default 0)")
     p.add_argument("--negative", default="", help="negative prompt: what the video should not show")
-    p.add_argument("--model", help="model bundle folder (default: the bundled model)")
+    p.add_argument("--model", type=existing("dir"), help="model bundle folder (default: the bundled model)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
-    p.add_argument("--fps", type=float, help="frame rate of the written file (default: the bundle's, 8)")
+    p.add_argument("--fps", type=number(float, min=0, min_exclusive=True), help="frame rate of the written file (default: the bundle's, 8)")
     g = p.add_argument_group("prompting with images and videos (one PROMPT; docs/PROMPTING.md)")
-    g.add_argument("--image", metavar="IMG", help="animate an image: it becomes frame 0 (exactly, in latent space)")
+    g.add_argument("--image", metavar="IMG", type=existing("file"), help="animate an image: it becomes frame 0 (exactly, in latent space)")
     g.add_argument("--paste-image", action="store_true", help="write the --image itself as frame 0 (default: "
                    "the model's decoding of it, which the next frames continue smoothly)")
-    g.add_argument("--last-image", metavar="IMG", help="end on an image (with --image: connect two images)")
-    g.add_argument("--video", metavar="CLIP", help="a clip to extend (with --extend)")
+    g.add_argument("--last-image", metavar="IMG", type=existing("file"), help="end on an image (with --image: connect two images)")
+    g.add_argument("--video", metavar="CLIP", type=existing(), help="a clip to extend (with --extend)")
     g.add_argument("--extend", choices=DIRECTIONS, help="continue --video after its end (forward) or before its "
                    "start (backward); the output is the original clip plus the new frames")
-    g.add_argument("--extend-frames", type=int, metavar="N", help="new frames for --extend (default: the window - 1)")
-    g.add_argument("--connect", nargs=2, metavar=("A", "B"), help="clip A, a generated transition from A's last "
+    g.add_argument("--extend-frames", type=number(int, min=1), metavar="N", help="new frames for --extend (default: the window - 1)")
+    g.add_argument("--connect", nargs=2, metavar=("A", "B"), type=existing(), help="clip A, a generated transition from A's last "
                    "frame into B's first, then clip B (--frames: the transition window, 4k+1 >= 9)")
     g.add_argument("--loop", action="store_true", help="a video whose last frame leads back to its first "
                    "(--frames >= 9; with --image, starting on the image)")
-    g.add_argument("--edit", metavar="CLIP", help="re-generate a clip under the new prompt, keeping its motion "
+    g.add_argument("--edit", metavar="CLIP", type=existing(), help="re-generate a clip under the new prompt, keeping its motion "
                    "(SDEdit); the output has the clip's length")
-    g.add_argument("--strength", type=float, help="--edit: how much to change, 0 (keep the clip) .. 1 "
+    g.add_argument("--strength", type=number(float, min=0, max=1), help="--edit: how much to change, 0 (keep the clip) .. 1 "
                    f"(ignore it); default {DEFAULT_STRENGTH}")
-    g.add_argument("--window", type=int, metavar="FRAMES", help="frames sampled at once (4k+1); longer videos are "
+    g.add_argument("--window", type=number(int, min=1), metavar="FRAMES", help="frames sampled at once (4k+1); longer videos are "
                    "made window by window (default: the bundle's trained length)")
-    g.add_argument("--overlap", type=int, metavar="LATENTS", help="latent frames each window is held on from the "
+    g.add_argument("--overlap", type=number(int, min=0), metavar="LATENTS", help="latent frames each window is held on from the "
                    "previous one (default: half a window)")
     p.set_defaults(func=_run)
 
@@ -132,7 +133,7 @@ def _mode(args) -> str | None:
             extra = [f for f in given if f not in allowed[mode]]
             if extra:
                 raise VideoditError(f"{lead} cannot go with {', '.join(extra)}")
-            if mode in ("edit", "connect") and (args.window or args.overlap):
+            if mode in ("edit", "connect") and (args.window is not None or args.overlap is not None):
                 raise VideoditError(f"{lead} takes no --window / --overlap: it samples one window" +
                                     (" of --frames" if mode == "connect" else " as long as the clip"))
             if mode in ("edit", "extend") and args.frames is not None:
@@ -161,9 +162,9 @@ def _run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     pipe = Pipeline.load(args.model, device=args.device)
-    fps = args.fps or pipe.config.fps
-    frames = args.frames or pipe.config.frames
-    window = args.window or pipe.config.frames
+    fps = pipe.config.fps if args.fps is None else args.fps
+    frames = pipe.config.frames if args.frames is None else args.frames
+    window = pipe.config.frames if args.window is None else args.window
     for i, (prompt, path) in enumerate(jobs):
         if path.suffix.lower() == ".png" and frames != 1:
             raise VideoditError(f"{path}: a .png holds one frame; use --frames 1 or a video suffix")
@@ -243,15 +244,15 @@ def _run_prompting(args: argparse.Namespace, mode: str, prompt: str, path: Path)
                                overlap=args.overlap, paste_image=args.paste_image, **common)
     else:
         first, last = fitted("image"), fitted("last")
-        frames = args.frames or pipe.config.frames
-        if last is None and frames > (args.window or pipe.config.frames):
+        frames = pipe.config.frames if args.frames is None else args.frames
+        if last is None and frames > (pipe.config.frames if args.window is None else args.window):
             video = prompting.long_video(pipe, prompt, frames, image=first, window=args.window,
                                          overlap=args.overlap, paste_image=args.paste_image, **common)
         else:
             video = prompting.animate(pipe, prompt, first, last, frames=frames, paste_image=args.paste_image,
                                       **common)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_video(path, video, fps=args.fps or pipe.config.fps)
+    write_video(path, video, fps=pipe.config.fps if args.fps is None else args.fps)
     print(f"wrote {path} ({video.shape[0]} frames, {video.shape[2]}x{video.shape[1]}, "
           f"{time.perf_counter() - t0:.1f} s)")
     return 0

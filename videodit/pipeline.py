@@ -16,7 +16,6 @@ checks every checksum, key and shape and names the file that does not fit.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,7 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from videodit import bundle
+from videodit import bundle, use_cpu_threads
 from videodit.bundle import BUNDLED
 from videodit.config import from_dict
 from videodit.dit import DiT, DiTConfig
@@ -100,6 +99,8 @@ class Pipeline:
         if not path.exists():
             raise VideoditError(f"{path}: model bundle not found")
         config = _read_bundle_config(path)
+        if torch.device(device).type == "cpu":
+            use_cpu_threads()
         vae = VideoVAE.from_pretrained(path / "vae", device=device)
         dit = load_dit(path / "dit", device=device)
         return cls(vae, dit, TextEncoder(config.text, device=device), config)
@@ -118,19 +119,16 @@ class Pipeline:
         """(c, T, h, w) for a clip of ``frames`` at ``size`` = (width, height); clear errors with
         the nearest valid values for anything the VAE and DiT cannot take."""
         if frames < 1 or (frames - 1) % TEMPORAL_STRIDE:
-            k = max(0, (frames - 1) // TEMPORAL_STRIDE)
-            near = sorted({4 * k + 1, 4 * k + 5})
             raise VideoditError(f"frames={frames}: must be 4k+1 (1, 5, 9, 17, 33, ...); nearest: "
-                                f"{' or '.join(map(str, near))}")
+                                f"{nearest_valid(frames, 1, TEMPORAL_STRIDE)}")
         pt, ph, pw = self.dit.config.patch
         s = self.vae.cfg.spatial_stride
         width, height = size
         for name, value, p in (("width", width, pw), ("height", height, ph)):
             step = s * p
             if value < step or value % step:
-                lo, hi = max(step, value // step * step), (value // step + 1) * step
                 raise VideoditError(f"{name} {value}: must be a multiple of {step} (VAE stride {s} x patch {p}); "
-                                    f"nearest: {lo} or {hi}")
+                                    f"nearest: {nearest_valid(value, step, step)}")
         T = (frames - 1) // TEMPORAL_STRIDE + 1
         if T % pt:
             raise VideoditError(f"frames={frames}: {T} latent frames is not a multiple of the DiT's time patch {pt}")
@@ -207,7 +205,13 @@ class Pipeline:
         return out[0] if isinstance(prompt, str) else out
 
 
-def default_threads() -> None:
-    """Use every core for intra-op parallelism unless the user set OMP_NUM_THREADS."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(os.cpu_count() or 1)
+def nearest_valid(value: int, first: int, step: int) -> str:
+    """The valid value nearest an invalid ``value`` (first, first + step, ... are valid): "9",
+    or "8 or 16" when the one below and the one above are equally near."""
+    if value < first:
+        return str(first)
+    below = first + (value - first) // step * step
+    above = below + step
+    if value - below == above - value:
+        return f"{below} or {above}"
+    return str(below if value - below < above - value else above)

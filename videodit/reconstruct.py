@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from videodit.bundle import BUNDLED
+from videodit.config import existing, number
 
 DEFAULT_BUNDLE = BUNDLED / "vae"
 AUTO_TILE = 256  # frames larger than this (either side) are processed in tiles of this size
@@ -26,19 +27,27 @@ _EXAMPLES = """examples:
 Prints PSNR (dB) and SSIM of the reconstruction against the input frames (uint8 RGB)."""
 
 
+def chunk_frames_flag(text: str) -> int:
+    """--chunk-frames: 0 or a positive multiple of the VAE's temporal stride, 4."""
+    value = number(int, min=0)(text)
+    if value % 4:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive multiple of 4 (got {value})")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reconstruct", help="encode + decode a video through the VAE; print PSNR / SSIM",
+    p = sub.add_parser("reconstruct",
                        description="Encode and decode a video through a VAE and report PSNR / SSIM against the input.", epilog=_EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", help="video file (mp4, gif, webp, ...), a folder of PNG frames, or an image")
+    p.add_argument("input", type=existing(), help="video file (mp4, gif, webp, ...), a folder of PNG frames, or an image")
     p.add_argument("-o", "--out", required=True, help="output video (suffix picks the format; no suffix = PNG folder)")
-    p.add_argument("--model", default=None, help=f"VAE bundle folder (default: the bundled {DEFAULT_BUNDLE})")
-    p.add_argument("--max-frames", type=int, default=None, help="read at most this many frames")
-    p.add_argument("--chunk-frames", type=int, default=CHUNK_FRAMES,
+    p.add_argument("--model", default=None, type=existing("dir"), help=f"VAE bundle folder (default: the bundled {DEFAULT_BUNDLE})")
+    p.add_argument("--max-frames", type=number(int, min=1), default=None, help="read at most this many frames")
+    p.add_argument("--chunk-frames", type=chunk_frames_flag, default=CHUNK_FRAMES,
                    help=f"frames per causal chunk, a multiple of 4; 0 = all at once (default: {CHUNK_FRAMES})")
-    p.add_argument("--tile", type=int, default=None,
+    p.add_argument("--tile", type=number(int, min=0), default=None,
                    help=f"spatial tile size in pixels; 0 = no tiling (default: tile at {AUTO_TILE} when larger)")
-    p.add_argument("--refine", type=int, default=REFINE_STEPS,
+    p.add_argument("--refine", type=number(int, min=0), default=REFINE_STEPS,
                    help="steps of encode-time refinement: Adam on the latent against the reconstruction error, "
                         "the decoder fixed (VideoVAE.refine); each costs a decoder pass forward and backward, and "
                         f"holds the whole clip's decoder activations. 0 = the encoder's latent as is (default: {REFINE_STEPS})")
@@ -129,15 +138,13 @@ def reconstruct_frames(vae, frames, *, chunk_frames: int | None = CHUNK_FRAMES, 
 def _run(args: argparse.Namespace) -> int:
     import time
 
-    from videodit.errors import VideoditError
+    from videodit import use_cpu_threads
     from videodit.device import pick_device
+    from videodit.errors import VideoditError
     from videodit.vae import VideoVAE
     from videodit.video import psnr, read_video, write_video
 
-    if args.refine < 0:
-        raise VideoditError(f"--refine {args.refine}: must be >= 0 (0 = no refinement)")
-    if args.chunk_frames < 0 or args.chunk_frames % 4:
-        raise VideoditError(f"--chunk-frames {args.chunk_frames}: must be 0 or a positive multiple of 4")
+    use_cpu_threads()
     model_path = Path(args.model) if args.model else DEFAULT_BUNDLE
     if not model_path.is_dir():
         raise VideoditError(f"--model {model_path}: VAE bundle folder not found"
