@@ -169,7 +169,7 @@ def test_torch_imported_first_is_warned_about_once():
 
 
 def test_nearest_valid_sizes_name_one_value_when_there_is_one():
-    from videodit.pipeline import nearest_valid
+    from videodit.errors import nearest_valid
 
     assert nearest_valid(5, 8, 8) == "8"  # below the smallest valid width: not "8 or 8"
     assert nearest_valid(12, 8, 8) == "8 or 16"  # halfway

@@ -59,3 +59,15 @@ def install_warning_format() -> None:
             sys.stderr.write(text)
 
     warnings.formatwarning, warnings.showwarning = formatwarning, showwarning
+
+
+def nearest_valid(value: int, first: int, step: int) -> str:
+    """The valid value nearest an invalid ``value`` (first, first + step, ... are valid): "9",
+    or "8 or 16" when the one below and the one above are equally near."""
+    if value < first:
+        return str(first)
+    below = first + (value - first) // step * step
+    above = below + step
+    if value - below == above - value:
+        return f"{below} or {above}"
+    return str(below if value - below < above - value else above)

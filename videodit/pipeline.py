@@ -27,7 +27,7 @@ from videodit import bundle, use_cpu_threads
 from videodit.bundle import BUNDLED
 from videodit.config import from_dict
 from videodit.dit import DiT, DiTConfig
-from videodit.errors import VideoditError
+from videodit.errors import VideoditError, nearest_valid
 from videodit.sample import FrameCondition, SamplerConfig, generate
 from videodit.text import TextEncoder, TextEncoderConfig
 from videodit.vae import TEMPORAL_STRIDE, VideoVAE
@@ -199,19 +199,8 @@ class Pipeline:
             raise VideoditError("no prompts given")
         sampler = self.sampler(seed=seed, steps=steps, guidance=guidance, solver=solver,
                                guidance_interval=guidance_interval)
-        latents = self.generate_latents(prompts, frames=frames or self.config.frames, size=size or self.config.size,
+        frames = self.config.frames if frames is None else frames  # 0 is refused by latent_shape, not replaced
+        latents = self.generate_latents(prompts, frames=frames, size=self.config.size if size is None else size,
                                         sampler=sampler, negative=negative, cond=cond, on_step=on_step)
         out = self.decode_latents(latents)
         return out[0] if isinstance(prompt, str) else out
-
-
-def nearest_valid(value: int, first: int, step: int) -> str:
-    """The valid value nearest an invalid ``value`` (first, first + step, ... are valid): "9",
-    or "8 or 16" when the one below and the one above are equally near."""
-    if value < first:
-        return str(first)
-    below = first + (value - first) // step * step
-    above = below + step
-    if value - below == above - value:
-        return f"{below} or {above}"
-    return str(below if value - below < above - value else above)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from videodit.errors import VideoditError
+from videodit.errors import VideoditError, VideoditWarning, elide
 
 BUNDLED = "all-minilm-l6-v2"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -234,11 +234,14 @@ class TextEncoder:
         for p in texts:
             n = len(self.tokenizer(p)["input_ids"])
             if n > max_len:
-                warnings.warn(f"prompt truncated from {n} to {max_len} tokens (text encoder max_length): {p!r}",
-                              stacklevel=3)
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        hidden = self.model(**batch).last_hidden_state.float()  # (B, L, D)
-        for p, h, m in zip(texts, hidden, batch["attention_mask"].bool()):
-            out[p] = h[m].clone()  # (L_i, D): the prompt's tokens, wherever the tokenizer padded
+                warnings.warn(f"prompt truncated from {n} to {max_len} tokens (text encoder max_length): "
+                              f"{elide(p)!r}", VideoditWarning, stacklevel=3)
+        # One prompt at a time: batched, a prompt's padding and its neighbours change the matmul
+        # shapes and so its embedding in the last bits (1e-6), and a resumed training run, whose
+        # cache holds other prompts, would drift from the uninterrupted one. Alone, each prompt's
+        # embedding is a pure function of its text.
+        for p in texts:
+            ids = self.tokenizer([p], truncation=True, max_length=max_len, return_tensors="pt")
+            ids = {k: v.to(self.device) for k, v in ids.items()}
+            out[p] = self.model(**ids).last_hidden_state.float()[0].clone()  # (L_i, D)
         return [out[p] for p in prompts]

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from videodit import bundle
-from videodit.errors import VideoditError
+from videodit.errors import VideoditError, nearest_valid
 
 TEMPORAL_STRIDE = 4
 REFINE_LR = 0.05  # Adam's step in VideoVAE.refine, in the normalised latent units a DiT sees
@@ -394,8 +394,8 @@ class VideoVAE(nn.Module):
             raise VideoditError(f"VAE input must be (B, 3, F, H, W); got {tuple(x.shape)}")
         B, _, Fr, H, W = x.shape
         if (Fr - 1) % TEMPORAL_STRIDE:
-            k = (Fr - 1) // TEMPORAL_STRIDE
-            raise VideoditError(f"VAE input has {Fr} frames; need F = 4k + 1 (nearest: {4 * k + 1} or {4 * k + 5})")
+            raise VideoditError(f"VAE input has {Fr} frames; need F = 4k + 1 "
+                                f"(nearest: {nearest_valid(Fr, 1, TEMPORAL_STRIDE)})")
         if H % s or W % s:
             raise VideoditError(f"VAE input is {H}x{W} (HxW); both must be multiples of the spatial stride {s} "
                                 f"(nearest below: {H // s * s}x{W // s * s})")

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from videodit.bundle import check_state_dict, file_sha256, first_non_finite
-from videodit.errors import VideoditError
+from videodit.errors import VideoditError, VideoditWarning
 
 FORMAT = "videodit-checkpoint"
 VERSION = 1
@@ -188,7 +188,8 @@ def read_latest(path: str | Path, kind: str) -> tuple[dict, Path]:
             payload = read_checkpoint(prev, kind)
         except VideoditError as older:
             raise VideoditError(f"{newest}; and the previous one: {older}") from None
-        warnings.warn(f"{newest}; resuming from {prev.name} (step {payload['step']}) instead", stacklevel=2)
+        warnings.warn(f"{newest}; resuming from {prev.name} (step {payload['step']}) instead", VideoditWarning,
+                      stacklevel=2)
         return payload, prev
 
 

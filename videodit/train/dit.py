@@ -44,7 +44,7 @@ from videodit.data import latent_cache
 from videodit.data.buckets import Bucket, centre_square, describe_plan, plan_buckets
 from videodit.data.synthworld import SynthWorldBatches, SynthWorldConfig
 from videodit.dit import PRESETS, DiT, DiTConfig
-from videodit.errors import VideoditError
+from videodit.errors import VideoditError, VideoditWarning
 from videodit.eval.sampling import eval_prompts, sample_and_evaluate
 from videodit.pipeline import BUNDLED, BundleConfig, Pipeline
 from videodit.sample import SamplerConfig, check_interval
@@ -364,7 +364,7 @@ class DiTTask:
         empty = [k for k, n in self.seen.items() if n == 0]
         if empty:
             warnings.warn(f"size bucket(s) {', '.join(empty)} got no training clip in this run "
-                          f"(too few steps for their share, or a --latent-cache too small to reach them)")
+                          f"(too few steps for their share, or a --latent-cache too small to reach them)", VideoditWarning)
         return self.out / "bundle"
 
 
