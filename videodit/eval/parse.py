@@ -554,13 +554,8 @@ def _positions(mentions: list[_Mention]) -> Relation | None:
     return None if rel is None else Relation(0, rel, 1)
 
 
-def parse_prompt(text: str) -> ParsedPrompt:
-    """Parse a SynthWorld prompt; see the module docstring. Never raises on odd text: the parts
-    it could not understand are listed in ``unparsed``."""
-    if not isinstance(text, str):
-        raise VideoditError(f"prompt must be a string, got {type(text).__name__}")
-    words = _normalise(text)
-    tokens, unknown = _tokenise(words)
+def _retag(tokens: list[_Token], unknown: list[str]) -> None:
+    """Fix token kinds that depend on the next token, in place."""
     # "a fast red ball": a speed adjective belongs to the object it precedes.
     for i, tok in enumerate(tokens[:-1]):
         after_verb = i > 0 and tokens[i - 1].kind in _MOTION_KINDS
@@ -574,9 +569,10 @@ def parse_prompt(text: str) -> ParsedPrompt:
             tokens[i] = _Token("badcolor", tok.value, tok.text)
             unknown.append(f"{tok.text!r} is not an object colour (object colours: "
                            f"{', '.join(COLOR_NAMES)})")
-    lead, mentions = _split_mentions(tokens)
 
-    # "the square moves up" after "a red ball and a blue square": a reference, not a new object.
+
+def _merge_references(mentions: list[_Mention]) -> list[_Mention]:
+    """"the square moves up" after "a red ball and a blue square": a reference, not a new object."""
     merged: list[_Mention] = []
     for m in mentions:
         ref = None
@@ -587,20 +583,13 @@ def parse_prompt(text: str) -> ParsedPrompt:
             ref.after.extend(m.after)
         else:
             merged.append(m)
-    mentions = merged
+    return merged
 
-    all_tokens = lead + [t for m in mentions for t in m.tokens + m.after]
-    kinds = {t.kind for t in all_tokens}
-    collision = "collision" in kinds and not ("wall" in kinds or "occlusion" in kinds)
-    occlusion = "wall" in kinds or "occlusion" in kinds
 
-    # Background: a background colour word (gray before "wall" was already taken by the wall).
-    backgrounds = [t.value for t in all_tokens if t.kind == "background"]
-    background = backgrounds[-1] if backgrounds else None
-    if len(set(backgrounds)) > 1:
-        unknown.append(f"conflicting backgrounds {sorted(set(backgrounds))}")
-
-    # Relation: a relation word between two mentions, or before both ("Above a blue square, ...").
+def _relation(lead: list[_Token], mentions: list[_Mention],
+              collision: bool) -> tuple[Relation | None, bool]:
+    """(relation, positional): a relation word between two mentions, or before both ("Above a
+    blue square, ..."); positional when it came from where each object is ("on the left")."""
     relation = None
     for i, m in enumerate(mentions):
         rel = next((t.value for t in m.after if t.kind == "relation"), None)
@@ -621,9 +610,13 @@ def parse_prompt(text: str) -> ParsedPrompt:
     if relation is None and len(mentions) == 2 and not collision:
         relation = _positions(mentions)
         positional = relation is not None
-    if relation is not None and collision:
-        relation = None
+    if collision:
+        return None, positional
+    return relation, positional
 
+
+def _object_specs(lead: list[_Token], mentions: list[_Mention], collision: bool,
+                  relation: Relation | None, positional: bool) -> list[ObjectSpec]:
     # Motion: the tokens after each mention; words before the first mention ("bouncing red
     # ball") describe the first object.
     specs: list[ObjectSpec] = []
@@ -651,20 +644,48 @@ def parse_prompt(text: str) -> ParsedPrompt:
     if relation is not None:
         specs = [s if s.motion is not None else ObjectSpec(s.color, s.shape, s.size, "still",
                                                            s.speed, s.count) for s in specs]
+    return specs
 
+
+def _family(collision: bool, occlusion: bool, relation: Relation | None,
+            specs: list[ObjectSpec]) -> str | None:
     if collision:
-        family = "collision"
-    elif occlusion:
-        family = "occlusion"
-    elif relation is not None:
-        family = "relation"
-    elif len(specs) == 1:
-        family = "single" if specs[0].count == 1 else "count"
-    elif len(specs) >= 2:
-        family = "pair"
-    else:
-        family = None
+        return "collision"
+    if occlusion:
+        return "occlusion"
+    if relation is not None:
+        return "relation"
+    if len(specs) == 1:
+        return "single" if specs[0].count == 1 else "count"
+    if len(specs) >= 2:
+        return "pair"
+    return None
 
+
+def parse_prompt(text: str) -> ParsedPrompt:
+    """Parse a SynthWorld prompt; see the module docstring. Never raises on odd text: the parts
+    it could not understand are listed in ``unparsed``."""
+    if not isinstance(text, str):
+        raise VideoditError(f"prompt must be a string, got {type(text).__name__}")
+    tokens, unknown = _tokenise(_normalise(text))
+    _retag(tokens, unknown)
+    lead, mentions = _split_mentions(tokens)
+    mentions = _merge_references(mentions)
+
+    all_tokens = lead + [t for m in mentions for t in m.tokens + m.after]
+    kinds = {t.kind for t in all_tokens}
+    collision = "collision" in kinds and not ("wall" in kinds or "occlusion" in kinds)
+    occlusion = "wall" in kinds or "occlusion" in kinds
+
+    # Background: a background colour word (gray before "wall" was already taken by the wall).
+    backgrounds = [t.value for t in all_tokens if t.kind == "background"]
+    background = backgrounds[-1] if backgrounds else None
+    if len(set(backgrounds)) > 1:
+        unknown.append(f"conflicting backgrounds {sorted(set(backgrounds))}")
+
+    relation, positional = _relation(lead, mentions, collision)
+    specs = _object_specs(lead, mentions, collision, relation, positional)
+    family = _family(collision, occlusion, relation, specs)
     if background == "gray" and family == "occlusion":
         unknown.append("a gray background with a wall (walls appear only on black or white)")
     return ParsedPrompt(text=text, family=family, background=background, objects=tuple(specs),
