@@ -1,4 +1,7 @@
 """train-vae --adv-weight: the patch discriminator, its losses, and exact resume with it."""
+
+import csv
+
 import pytest
 import torch
 
@@ -44,10 +47,10 @@ def test_adversarial_training_resumes_exactly_and_logs_its_losses(tmp_path):
     assert disc_a.keys() == disc_b.keys() and all(torch.equal(v, disc_b[k]) for k, v in disc_a.items())
     fresh = PatchDiscriminator3D().state_dict()
     assert any(not torch.equal(fresh[k], v) for k, v in disc_a.items())  # the discriminator learnt
-    rows = [line.split(",") for line in (tmp_path / "b" / "log.csv").read_text().splitlines()]
-    assert rows[0][-2:] == ["d_loss", "adv_scale"]
-    assert rows[1][-1] == "" and rows[1][-2] != ""      # step 1: discriminator only
-    assert float(rows[-1][-1]) > 0                       # from --adv-start on, the decoder sees it
+    with (tmp_path / "b" / "log.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["adv_scale"] == "" and rows[0]["d_loss"] != ""  # step 1: discriminator only
+    assert float(rows[-1]["adv_scale"]) > 0                       # from --adv-start on, the decoder sees it
 
 
 def test_bad_adversarial_flags():
