@@ -75,3 +75,51 @@ def random_dit(cfg=None, seed: int = 0):
         for p in model.parameters():
             p.normal_(0, 0.3)
     return model
+
+
+def random_vae(cfg=None, seed: int = 0):
+    """A tiny (or ``cfg``) VAE in eval mode, fp32, whose zero-initialised residual branches are
+    perturbed, so every layer matters."""
+    import torch
+
+    from videodit.vae import PRESETS, VideoVAE
+
+    torch.manual_seed(seed)
+    vae = VideoVAE(cfg or PRESETS["tiny"]).eval()
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    vae.compute_dtype = torch.float32
+    return vae
+
+
+def random_video(frames: int = 17, size: int = 32, seed: int = 0):
+    """(1, 3, frames, size, size), uniform in [-1, 1]."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 3, frames, size, size, generator=g) * 2 - 1
+
+
+@pytest.fixture(scope="module")
+def tiny_vae(tmp_path_factory):
+    """The folder of a random tiny VAE bundle, one per test module."""
+    import torch
+
+    from videodit.vae import PRESETS, VideoVAE
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vae")
+    VideoVAE(PRESETS["tiny"]).save_pretrained(path)
+    return path
+
+
+def dit_train_cfg(tmp_path, vae, **changes):
+    """A DiT training run of seconds under ``tmp_path``/run: tiny preset, 4 steps of two 32x32x5
+    clips, a checkpoint every 2 steps, no samples."""
+    from videodit.train.dit import DiTTrainConfig
+
+    base = DiTTrainConfig(preset="tiny", out=str(tmp_path / "run"), vae=str(vae), steps=4, batch_size=2,
+                          sizes=("32x32",), frames=(5,), sample_every=0, save_every=2, warmup_steps=2,
+                          log_every=1, threads=1)
+    return dataclasses.replace(base, **changes)

@@ -1,4 +1,6 @@
-"""Sequence packing: a packed forward equals separate forwards; packed training runs and resumes."""
+"""Sequence packing in the DiT (DiT.forward_packed, videodit/dit.py): a packed forward equals
+separate forwards, clips stay apart, bf16 and gradients, bad inputs named. Packed training is in
+test_train_dit.py."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch
 from conftest import random_dit
 from videodit.dit import DiTConfig
 from videodit.errors import VideoditError
+
 
 TINY = DiTConfig.preset("tiny")
 
@@ -74,34 +77,3 @@ def test_packed_bad_inputs_are_named():
         model.forward_packed(xs, ts, text[:2], mask[:2])
     with pytest.raises(VideoditError, match="one timestep tensor per batch"):
         model.forward_packed(xs, ts[:1], text, mask)
-
-
-def test_packed_training_runs_and_resumes_exactly(tmp_path, monkeypatch):
-    import functools
-
-    from safetensors.torch import load_file
-
-    from videodit import text
-    from videodit.train.dit import DiTTrainConfig, bucket_plan, train_dit
-    from videodit.vae import PRESETS, VideoVAE
-
-    monkeypatch.setattr(text, "_load", functools.cache(text._load))  # one text-encoder load for 3 runs
-
-    torch.manual_seed(0)
-    vae = tmp_path / "vae"
-    VideoVAE(PRESETS["tiny"]).save_pretrained(vae)
-    base = DiTTrainConfig(preset="tiny", vae=str(vae), steps=2, sizes=("32x32", "48x32"), frames=(5, 1),
-                          tokens_per_batch=48, pack=2, sample_every=0, save_every=100, warmup_steps=1,
-                          log_every=1, threads=1, latent_cache=6)
-    plan = bucket_plan(base, PRESETS["tiny"].spatial_stride, (1, 2, 2))
-    assert all(e.batch == max(1, 48 // (e.tokens * 2)) for e in plan.values())  # half the budget each
-    straight = train_dit(dataclasses.replace(base, out=str(tmp_path / "a")))
-    log = (tmp_path / "a" / "log.csv").read_text().splitlines()
-    assert len(log) == 3 and all("+" in row for row in log[1:]), log  # every step packs two buckets
-    train_dit(dataclasses.replace(base, out=str(tmp_path / "b"), steps=1))
-    resumed = train_dit(dataclasses.replace(base, out=str(tmp_path / "b")))
-    a, b = load_file(straight / "dit" / "model.safetensors"), load_file(resumed / "dit" / "model.safetensors")
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    with pytest.raises(VideoditError, match="--pack 1"):
-        train_dit(dataclasses.replace(base, pack=1))

@@ -1,4 +1,5 @@
-"""The DiT trainer: conditioning masks, exact resume, bundle output, CLI errors."""
+"""The DiT trainer (videodit/train/dit.py): conditioning masks, exact resume, bundle output, config
+errors, overfitting one pair, torchrun, size buckets, sequence packing, --init, per-channel VAEs."""
 
 from __future__ import annotations
 
@@ -7,24 +8,10 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import dit_train_cfg
 from videodit.errors import VideoditError
-from videodit.train.dit import COND_MODES, DiTTrainConfig, conditioning_masks, train_dit
-from videodit.vae import PRESETS, VideoVAE
-
-
-@pytest.fixture(scope="module")
-def tiny_vae(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("vae")
-    VideoVAE(PRESETS["tiny"]).save_pretrained(path)
-    return path
-
-
-def _cfg(tmp_path, vae, **changes) -> DiTTrainConfig:
-    base = DiTTrainConfig(preset="tiny", out=str(tmp_path / "run"), vae=str(vae), steps=4, batch_size=2,
-                          sizes=("32x32",), frames=(5,), sample_every=0, save_every=2, warmup_steps=2,
-                          log_every=1, threads=1)
-    return dataclasses.replace(base, **changes)
+from videodit.train.dit import COND_MODES, conditioning_masks, train_dit
+from videodit.vae import VideoVAE
 
 
 def test_conditioning_masks_cover_every_mode():
@@ -54,13 +41,13 @@ def test_conditioning_never_covers_every_frame():
 
 @pytest.mark.parametrize("cache", [0, 4])
 def test_resume_is_exact_and_writes_a_bundle(tmp_path, tiny_vae, cache):
-    straight = train_dit(_cfg(tmp_path / "a", tiny_vae, latent_cache=cache))
+    straight = train_dit(dit_train_cfg(tmp_path / "a", tiny_vae, latent_cache=cache))
     # Stop after 2 steps, then resume to 4 (with a cache: 2 cached batches, so epoch 2 is replayed).
-    train_dit(_cfg(tmp_path / "b", tiny_vae, steps=2, latent_cache=cache))
+    train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, steps=2, latent_cache=cache))
     if cache:
         cache_file = tmp_path / "b" / "run" / "latents-rank0.pt"
         built = cache_file.stat().st_mtime_ns
-    resumed = train_dit(_cfg(tmp_path / "b", tiny_vae, steps=4, latent_cache=cache))
+    resumed = train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, steps=4, latent_cache=cache))
     if cache:
         assert cache_file.stat().st_mtime_ns == built, "the cache was rebuilt instead of reused"
     from safetensors.torch import load_file
@@ -77,15 +64,15 @@ def test_resume_is_exact_and_writes_a_bundle(tmp_path, tiny_vae, cache):
 
 def test_bad_config_is_a_clear_error(tmp_path, tiny_vae):
     with pytest.raises(VideoditError, match="cond-mix"):
-        train_dit(_cfg(tmp_path, tiny_vae, cond_mix=(1.0, 0.0)))
+        train_dit(dit_train_cfg(tmp_path, tiny_vae, cond_mix=(1.0, 0.0)))
     with pytest.raises(VideoditError, match="latent-cache"):
-        train_dit(_cfg(tmp_path, tiny_vae, latent_cache=1))
+        train_dit(dit_train_cfg(tmp_path, tiny_vae, latent_cache=1))
     with pytest.raises(VideoditError, match="preset"):
-        train_dit(_cfg(tmp_path, tiny_vae, preset="huge"))
+        train_dit(dit_train_cfg(tmp_path, tiny_vae, preset="huge"))
     with pytest.raises(VideoditError, match="guidance interval"):
-        train_dit(_cfg(tmp_path, tiny_vae, sample_guidance_interval=(0.9, 0.1)))
+        train_dit(dit_train_cfg(tmp_path, tiny_vae, sample_guidance_interval=(0.9, 0.1)))
     with pytest.raises(VideoditError, match="--vae: no such folder"):
-        train_dit(_cfg(tmp_path, tmp_path / "missing"))
+        train_dit(dit_train_cfg(tmp_path, tmp_path / "missing"))
 
 
 def test_tiny_model_overfits_one_caption_clip_pair_in_pixels(tiny_vae, one_thread):
@@ -145,47 +132,11 @@ def test_torchrun_two_cpu_processes_train_data_parallel(tmp_path, tiny_vae):
     assert len((out / "log.csv").read_text().splitlines()) == 4  # header + 3 steps, rank 0 only
 
 
-def test_bucket_plan_balances_tokens_and_reports_empty_buckets(tmp_path, tiny_vae, capsys):
-    from videodit.train.dit import bucket_plan
-
-    cfg = _cfg(tmp_path, tiny_vae, sizes=("32x32", "64x32"), frames=(5, 1), tokens_per_batch=64)
-    plan = bucket_plan(cfg, vae_stride=4, patch=(1, 2, 2))
-    # tiny VAE stride 4, patch 2x2: 32x32x5 -> 2 x 4 x 4 = 32 tokens; 64x32x1 -> 1 x 4 x 8 = 32; 32x32x1 -> 16
-    assert {k: (e.tokens, e.batch) for k, e in plan.items()} == {
-        (32, 32, 5): (32, 2), (32, 32, 1): (16, 4), (64, 32, 5): (64, 1), (64, 32, 1): (32, 2)}
-    assert sum(e.odds for e in plan.values()) == pytest.approx(1.0)
-    with pytest.warns(UserWarning, match="got no training clip"):
-        train_dit(dataclasses.replace(cfg, steps=1))
-    out = capsys.readouterr().out
-    assert "32x32x1: 16 tokens, batch 4" in out and "clips per size bucket in this run" in out
-
-
-def test_square_crop_trains_on_centre_squares_with_square_token_budgets(tmp_path, tiny_vae, capsys):
-    from videodit.data.buckets import centre_square
-    from videodit.train.dit import bucket_plan
-
-    x = torch.arange(2 * 3 * 8).reshape(2, 3, 1, 8, 1).expand(2, 3, 1, 8, 24)  # (B, C, F, 8, 24)
-    crop = centre_square(x)
-    assert crop.shape[-2:] == (8, 8) and torch.equal(crop, x[..., 8:16])
-    assert centre_square(x.transpose(-1, -2)).shape[-2:] == (8, 8)
-
-    cfg = _cfg(tmp_path, tiny_vae, sizes=("64x32", "32x64"), frames=(5,), tokens_per_batch=64,
-               square_crop=True, latent_cache=8, steps=2)
-    plan = bucket_plan(cfg, vae_stride=4, patch=(1, 2, 2))
-    # both become 32x32 crops: 2 x 4 x 4 = 32 tokens, so batch 2 (64 each at native size: batch 1)
-    assert {k: (e.tokens, e.batch) for k, e in plan.items()} == {(64, 32, 5): (32, 2), (32, 64, 5): (32, 2)}
-    train_dit(cfg)
-    assert "centre square" in capsys.readouterr().out
-    cache = torch.load(tmp_path / "run" / "latents-rank0.pt", weights_only=True)
-    assert {tuple(z.shape[-2:]) for z in cache["latents"]} == {(8, 8)}  # 32x32 pixels / VAE stride 4
-    assert set(cache["buckets"]) <= {"64x32x5", "32x64x5"}
-
-
 def test_bucketed_training_resumes_exactly(tmp_path, tiny_vae):
     kw = dict(sizes=("32x32", "64x32"), frames=(5, 1), tokens_per_batch=64)
-    straight = train_dit(_cfg(tmp_path / "a", tiny_vae, **kw))
-    train_dit(_cfg(tmp_path / "b", tiny_vae, steps=2, **kw))
-    resumed = train_dit(_cfg(tmp_path / "b", tiny_vae, **kw))
+    straight = train_dit(dit_train_cfg(tmp_path / "a", tiny_vae, **kw))
+    train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, steps=2, **kw))
+    resumed = train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, **kw))
     from safetensors.torch import load_file
 
     a, b = load_file(straight / "dit" / "model.safetensors"), load_file(resumed / "dit" / "model.safetensors")
@@ -194,44 +145,51 @@ def test_bucketed_training_resumes_exactly(tmp_path, tiny_vae):
     assert len({r.split(",")[5] for r in rows}) >= 2, "every batch came from one bucket"
 
 
+def test_packed_training_runs_and_resumes_exactly(tmp_path, monkeypatch):
+    import functools
+
+    from safetensors.torch import load_file
+
+    from videodit import text
+    from videodit.train.dit import DiTTrainConfig, bucket_plan, train_dit
+    from videodit.vae import PRESETS, VideoVAE
+
+    monkeypatch.setattr(text, "_load", functools.cache(text._load))  # one text-encoder load for 3 runs
+
+    torch.manual_seed(0)
+    vae = tmp_path / "vae"
+    VideoVAE(PRESETS["tiny"]).save_pretrained(vae)
+    base = DiTTrainConfig(preset="tiny", vae=str(vae), steps=2, sizes=("32x32", "48x32"), frames=(5, 1),
+                          tokens_per_batch=48, pack=2, sample_every=0, save_every=100, warmup_steps=1,
+                          log_every=1, threads=1, latent_cache=6)
+    plan = bucket_plan(base, PRESETS["tiny"].spatial_stride, (1, 2, 2))
+    assert all(e.batch == max(1, 48 // (e.tokens * 2)) for e in plan.values())  # half the budget each
+    straight = train_dit(dataclasses.replace(base, out=str(tmp_path / "a")))
+    log = (tmp_path / "a" / "log.csv").read_text().splitlines()
+    assert len(log) == 3 and all("+" in row for row in log[1:]), log  # every step packs two buckets
+    train_dit(dataclasses.replace(base, out=str(tmp_path / "b"), steps=1))
+    resumed = train_dit(dataclasses.replace(base, out=str(tmp_path / "b")))
+    a, b = load_file(straight / "dit" / "model.safetensors"), load_file(resumed / "dit" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    with pytest.raises(VideoditError, match="--pack 1"):
+        train_dit(dataclasses.replace(base, pack=1))
+
+
 def test_init_starts_from_a_bundles_weights_and_rejects_another_architecture(tmp_path, tiny_vae):
-    first = train_dit(_cfg(tmp_path / "a", tiny_vae, steps=2))
+    first = train_dit(dit_train_cfg(tmp_path / "a", tiny_vae, steps=2))
     from safetensors.torch import load_file
 
     # steps=0 is refused, so train 1 step at lr 0: the weights must be exactly the init's.
-    cont = train_dit(_cfg(tmp_path / "b", tiny_vae, steps=1, lr=0.0, warmup_steps=1, init=str(first)))
+    cont = train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, steps=1, lr=0.0, warmup_steps=1, init=str(first)))
     a = load_file(first / "dit" / "model.safetensors")
     b = load_file(cont / "dit" / "model.safetensors")
     for k in a:
         assert torch.equal(a[k], b[k]), k
     with pytest.raises(VideoditError, match="no dit/ folder"):
-        train_dit(_cfg(tmp_path / "c", tiny_vae, init=str(tmp_path)))
+        train_dit(dit_train_cfg(tmp_path / "c", tiny_vae, init=str(tmp_path)))
     with pytest.raises(VideoditError, match="differs.*dim"):
-        train_dit(_cfg(tmp_path / "d", tiny_vae, preset="cpu-small", init=str(first)))
-
-
-def test_cached_text_with_dropout_matches_encoding_the_dropped_captions():
-    """The latent cache keeps caption embeddings; dropout then masks a row out instead of encoding
-    "" -- the DiT's output must be the same either way (padding of several batches included)."""
-    from conftest import random_dit
-
-    from videodit.dit import DiTConfig
-    from videodit.text import TextEncoder
-    from videodit.data.latent_cache import cached_text
-
-    text = TextEncoder()
-    first, second = ["A red ball falls.", "Two blue squares move up on a white background."], ["A cyan disc."]
-    embedded = [text.encode(first), text.encode(second)]
-    dropped = ["", first[1], ""]  # captions after dropout
-    tokens, mask = cached_text(embedded, dropped)
-    ref_tokens, ref_mask = text.encode(dropped)
-    cfg = DiTConfig.preset("tiny", text_dim=text.dim)
-    dit = random_dit(cfg, 0)
-    x = torch.randn(3, cfg.in_channels, 2, 4, 4, generator=torch.Generator().manual_seed(0))
-    t = torch.full((3, 2), 0.5)
-    with torch.no_grad():
-        assert torch.allclose(dit(x, t, tokens, mask), dit(x, t, ref_tokens, ref_mask), atol=1e-5)
-    assert mask[0].sum() == 0 and mask[2].sum() == 0 and mask[1].sum() == ref_mask[1].sum()
+        train_dit(dit_train_cfg(tmp_path / "d", tiny_vae, preset="cpu-small", init=str(first)))
 
 
 def test_dit_trains_and_generates_on_a_per_channel_normalised_vae(tmp_path, tiny_vae):
@@ -247,7 +205,7 @@ def test_dit_trains_and_generates_on_a_per_channel_normalised_vae(tmp_path, tiny
     folder = vae.save_pretrained(tmp_path / "vae_pc")
     z = torch.ones(1, channels, 2, 2, 2)
     assert not torch.allclose(vae.normalize(z), base.normalize(z))
-    bundle = train_dit(_cfg(tmp_path, folder, steps=2, latent_cache=4, sample_guidance_interval=(0.2, 0.85)))
+    bundle = train_dit(dit_train_cfg(tmp_path, folder, steps=2, latent_cache=4, sample_guidance_interval=(0.2, 0.85)))
     assert VideoVAE.from_pretrained(bundle / "vae").cfg.latent_channel_scale == vae.cfg.latent_channel_scale
     pipe = Pipeline.load(bundle)
     assert pipe.config.sampler.guidance_interval == (0.2, 0.85)  # written to config.json, read back as the default
