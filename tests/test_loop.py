@@ -20,17 +20,8 @@ from videodit.cli import main
 from videodit.errors import VideoditError
 from videodit.train import loop
 from videodit.train.checkpoint import previous_path, read_checkpoint, save_checkpoint
-from videodit.vae import PRESETS, VideoVAE
 
 STEPS = 10
-
-
-@pytest.fixture(scope="module")
-def tiny_vae(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("vae")
-    VideoVAE(PRESETS["tiny"]).save_pretrained(path)
-    return path
 
 
 def _train_args(out, vae, steps=STEPS, *extra) -> list[str]:
