@@ -277,7 +277,7 @@ def test_train_never_shows_heldout_pairs_and_eval_does_at_the_documented_rate():
 
 # ---------------------------------------------------------------- captions
 
-# The spec's vocabulary (shared/SYNTHWORLD.md, "Captions"), written independently of captions.py.
+# The spec's vocabulary (the SynthWorld spec, "Captions"), written independently of captions.py.
 NOUNS = {"circle": "circle", "ball": "circle", "disc": "circle", "dot": "circle",
          "square": "square", "box": "square", "block": "square", "triangle": "triangle"}
 NOUNS.update({("boxes" if w == "box" else w + "s"): s for w, s in list(NOUNS.items())})

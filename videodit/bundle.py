@@ -1,6 +1,6 @@
 """Model bundles on disk: read, write, verify. Used by inference (pipeline.py, vae.py) and training.
 
-A weights bundle is a folder (DESIGN.md: config.json + safetensors, never pickle):
+A weights bundle is a folder (docs/DESIGN.md, "Conventions": config.json + safetensors, never pickle):
     config.json          the module's frozen config dataclass as JSON
     model.safetensors    its state dict
     SHA256SUMS           the SHA-256 of every other file, in sha256sum's format

@@ -5,7 +5,7 @@
     # frames: (F, H, W, 3) uint8
 Image and video prompts (animate, extend, connect, loop, edit, long videos): videodit.prompting.
 
-A model bundle is a folder (DESIGN.md: config.json + safetensors, never pickle):
+A model bundle is a folder (docs/DESIGN.md, "Conventions": config.json + safetensors, never pickle):
     config.json          {"text": TextEncoderConfig fields, "sampler": SamplerConfig defaults}
     vae/                 config.json + model.safetensors   (videodit.vae.VideoVAE)
     dit/                 config.json + model.safetensors   (videodit.dit.DiT)

@@ -1,6 +1,6 @@
 """Causal 3D video VAE: pixels (B, 3, F, H, W) in [-1, 1] <-> latents (B, c, T, h, w).
 
-Time is causal with stride 4 and the first frame is encoded alone (DESIGN.md, "Frames"):
+Time is causal with stride 4 and the first frame is encoded alone (docs/DESIGN.md, "Conventions"):
 F = 4k + 1 frames -> T = k + 1 latent frames, so an image is a 1-frame video. Space has stride
 4 or 8 (2 ** (len(channel_mults) - 1)).
 

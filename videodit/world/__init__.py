@@ -1,4 +1,4 @@
-"""SynthWorld v1: the built-in captioned physics video world (contract: shared/SYNTHWORLD.md).
+"""SynthWorld v1: the built-in captioned physics video world (its contract: the SynthWorld spec, summarised in README.md).
 
 ``make_sample(split, index, seed)`` is a pure function returning the clip, its captions and its
 ground truth. Modules: palette (colours), physics (constants, closed-form tracks), scene (canvas

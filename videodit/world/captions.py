@@ -1,6 +1,6 @@
 """SynthWorld captions: the canonical caption, paraphrases and short prompts of a scene.
 
-The canonical caption has exactly the forms of shared/SYNTHWORLD.md, so it names the size only in
+The canonical caption has exactly the forms of the SynthWorld spec, so it names the size only in
 the "single" family, and names no background for "collision" and "occlusion" (the spec's forms
 end with the event). Paraphrases draw from synonym and template lists; they name the size about
 half the time, always name the background for single/pair/count/relation and about half the time

@@ -1,4 +1,4 @@
-"""SynthWorld colours, exact sRGB (shared/SYNTHWORLD.md, "Palette"). Import these; never retype them."""
+"""SynthWorld colours, exact sRGB (the SynthWorld spec, "Palette"). Import these; never retype them."""
 
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "black": (0, 0, 0),

@@ -1,4 +1,4 @@
-"""SynthWorld physics: the constants of shared/SYNTHWORLD.md and closed-form trajectories.
+"""SynthWorld physics: the constants of the SynthWorld spec and closed-form trajectories.
 
 Units: world units (1 = canvas height H), seconds. y grows downward; the floor is y = 1, and an
 object touches it when its centre is at ``1 - down`` (``down`` = centre-to-bottom extent).

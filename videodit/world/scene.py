@@ -6,7 +6,7 @@ Geometry (world units, 1 = canvas height H; x in [0, W/H] left to right, y in [0
   centroid of its rendered pixels tracks the ground truth exactly.
 - Triangle side = TRIANGLE_SIDE x size, height = side x sqrt(3) / 2.
 
-Sampling (choices where shared/SYNTHWORLD.md is silent):
+Sampling (choices where the SynthWorld spec is silent):
 - A scene is a pure function of (split, index, seed, width, height, frames, family): the random
   stream is numpy's PCG64 seeded by SeedSequence([split id, seed, index, family id, purpose]) and
   only uses ``random()`` / ``integers()``, whose streams numpy keeps identical across platforms.
