@@ -153,6 +153,10 @@ def test_fit_gravity_on_analytic_bounce():
     assert fitted == pytest.approx(g, rel=1e-6)
     assert used >= 8
     assert fit_gravity(t, np.full_like(t, 0.5), floor_tol=0.01)[0] is None   # never airborne
+    # Three airborne frames (the last frame is the lowest, a contact) fix a parabola whatever g
+    # they imply: nothing is measured; a fourth checks it.
+    assert fit_gravity(t[:4], y[:4], floor_tol=0.5 / 64)[0] is None
+    assert fit_gravity(t[:5], y[:5], floor_tol=0.5 / 64)[0] == pytest.approx(g, rel=1e-6)
 
 
 def test_shape_classes_and_na_semantics():
@@ -216,3 +220,7 @@ def test_framing_stats_see_objects_at_the_border_their_spread_and_travel():
     assert both["per_video"]["edge_frames"] == [0.0, 0.5] and both["edge_frames"] == pytest.approx(0.25)
     tall = framing_stats([clip([30] * 2, width=48, height=80)])  # vertical frames measure along y
     assert tall["edge_frames"] == 0 and tall["videos"] == 1
+    noise = gaussian_filter(np.random.default_rng(0).normal(size=(4, 48, 80, 3)), (0, 3, 3, 0))
+    noise = np.clip(128 + 90 * noise / noise.std(), 0, 255).astype(np.uint8)
+    blobs = framing_stats([noise])   # blobs of noise near palette colours are not objects
+    assert blobs["edge_frames"] == 0 and blobs["spread"] == 0 and np.isnan(blobs["travel"])

@@ -26,7 +26,16 @@ class EvalConfig:
     max_edge_width: float = field(default=2.3, metadata={
         "help": "max median edge width (px of partial coverage per px of perimeter)"})
     min_presence: float = field(default=0.5, metadata={
-        "help": "fraction of frames in which a colour must (or must not) appear"})
+        "help": "fraction of frames in which a colour must (or must not) appear, and in which an "
+                "object must be seen to count as found"})
+    min_isolation: float = field(default=0.5, metadata={
+        "help": "median fraction of the ring around an object's blobs that must be plain "
+                "background for it to count as found (coloured noise: ~0.05)"})
+    max_area_ratio: float = field(default=3.0, metadata={
+        "help": "an object larger than this many times SynthWorld's largest object is not found"})
+    max_roughness: float = field(default=1.0, metadata={
+        "help": "max von Neumann ratio (mean squared frame-to-frame step / variance) of a moving "
+                "object's path: <= 0.55 on ground truth, ~2 with the frames in random order"})
     square_fill: float = field(default=0.89, metadata={
         "help": "fill ratio at or above which a blob is a square"})
     triangle_fill: float = field(default=0.64, metadata={

@@ -4,14 +4,18 @@ Conventions: frames are uint8 RGB (F, H, W, 3). Positions are in pixels with pix
 column j) covering [j, j+1) x [i, i+1), so a pixel's centre is (j + 0.5, i + 0.5) and an object
 centred on the canvas has x = W / 2. Areas are in pixels, alpha-weighted (sub-pixel).
 
-Segmentation (SYNTHWORLD.md, "What an evaluator measures"): a pixel joins an object colour when
-its RGB distance to that colour is under ``color_threshold`` and smaller than its distance to the
-background (and to the wall grey). Anti-aliased edges mix an object colour with the background
+Segmentation (the SynthWorld spec, "What an evaluator measures"): a pixel joins an object colour
+when its RGB distance to that colour is under ``color_threshold`` and smaller than its distance to
+the background (and to the wall grey). Anti-aliased edges mix an object colour with the background
 and can land near another palette colour (red on white edges look pink); such rims are at most
 two pixels thick, so a component only counts when a 3x3 morphological opening (2x2 below 45 px
-canvas height, where a 3x3 square no longer fits in a small triangle) leaves a core of it. Inside a component, each pixel's coverage alpha is its projection on the segment from the
-background colour to the object colour; the alpha-weighted area, centroid and extents are then
-sub-pixel accurate, which keeps the shape descriptor unbiased for ~9 px objects at 64x64.
+canvas height, where a 3x3 square no longer fits in a small triangle) leaves a core of it. Inside
+a component, each pixel's coverage alpha is its projection on the segment from the background
+colour to the object colour; the alpha-weighted area, centroid and extents are then sub-pixel
+accurate, which keeps the shape descriptor unbiased for ~9 px objects at 64x64. Each component
+also records its isolation: how much of a thin ring just outside its rim is plain background. A
+SynthWorld object sits on a flat fill; a blob of noise that happens to be near a palette colour
+is surrounded by more noise (metrics.py does not count such a blob as an object).
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ class Component:
     bottom: float
     fill: float       # area / (width * height): square 1.0, circle 0.785, triangle 0.5
     edge_width: float  # partly covered pixels per boundary pixel: ~1 crisp, grows with blur
+    isolation: float   # fraction of a ring around the blob that is background or wall: ~1 for an object
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,7 @@ def detect_wall(frames: np.ndarray, background: str | None,
             float(top), float(bottom))
 
 
+RIM_PAD = 3   # px: the rim, anti-aliased (or blurred) edge pixels nearer the background
 _TRIANGLE_INRADIUS = TRIANGLE_SIDE * min(SIZES.values()) / (2 * np.sqrt(3))   # in H
 
 
@@ -167,6 +173,9 @@ def measure(frames: np.ndarray, cfg: MeasureConfig = MeasureConfig()) -> Measure
     is_object = (d_near < cfg.color_threshold) & (d_near < d_bg) & (chroma >= cfg.min_chroma)
     if wall is not None or background == "gray":
         is_object &= d_near < d_wall
+    clear = d_bg < cfg.background_threshold           # (F, H, W) plain background (or wall)
+    if wall is not None:
+        clear |= d_wall < cfg.background_threshold
     min_area = cfg.min_area_fraction * smallest_object_area(H)
     # The opening that removes anti-aliased rims must leave a core of the smallest triangle: a 3x3
     # square fits inside it from H = 45 px (inradius 0.0445 H >= 2 px); below that, 2x2 (which
@@ -187,7 +196,8 @@ def measure(frames: np.ndarray, cfg: MeasureConfig = MeasureConfig()) -> Measure
         for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
             if not has_core[lab - 1]:
                 continue
-            comp = _component(x, labels, lab, sl, _OBJECT_RGB[k], bg_rgb, color, cfg)
+            comp = _component(x, labels, lab, sl, _OBJECT_RGB[k], bg_rgb, color,
+                              _isolation(clear, labels, lab, sl), cfg)
             if comp is not None and comp.area >= min_area:
                 per_frame[comp.frame].append(comp)
     return Measurement(H, W, F, background, bg_fraction, wall,
@@ -195,11 +205,11 @@ def measure(frames: np.ndarray, cfg: MeasureConfig = MeasureConfig()) -> Measure
 
 
 def _component(x: np.ndarray, labels: np.ndarray, lab: int, sl: tuple[slice, ...],
-               rgb: np.ndarray, bg_rgb: np.ndarray, color: str,
+               rgb: np.ndarray, bg_rgb: np.ndarray, color: str, isolation: float,
                cfg: MeasureConfig) -> Component | None:
     f = sl[0].start
     H, W = labels.shape[1:]
-    pad = 3   # the rim: anti-aliased (or blurred) edge pixels nearer the background
+    pad = RIM_PAD
     r0, r1 = max(sl[1].start - pad, 0), min(sl[1].stop + pad, H)
     c0, c1 = max(sl[2].start - pad, 0), min(sl[2].stop + pad, W)
     inside = labels[f, r0:r1, c0:c1] == lab                             # (h, w)
@@ -239,4 +249,26 @@ def _component(x: np.ndarray, labels: np.ndarray, lab: int, sl: tuple[slice, ...
     edge_width = float(partial.sum()) / (4.0 * np.sqrt(area))
     fill = area / max(width * height, 1e-6)
     return Component(f, color, area, cx, cy, width, height, float(left), float(right),
-                     float(top), float(bottom), float(fill), edge_width)
+                     float(top), float(bottom), float(fill), edge_width, isolation)
+
+
+RING = 2   # px: width of the ring, just outside the rim, that should be plain background
+
+
+def _isolation(clear: np.ndarray, labels: np.ndarray, lab: int, sl: tuple[slice, ...]) -> float:
+    """Fraction of the ring RIM_PAD..RIM_PAD + RING px (chessboard distance) around one blob
+    that is plain background or wall; the ring's part outside the canvas does not count. A
+    SynthWorld object sits on a flat fill (~1; down to ~0.7 where it touches another object); a
+    blob of coloured noise is surrounded by more noise (~0.1)."""
+    f = sl[0].start
+    H, W = labels.shape[1:]
+    reach = RIM_PAD + RING
+    r0, r1 = max(sl[1].start - reach, 0), min(sl[1].stop + reach, H)
+    c0, c1 = max(sl[2].start - reach, 0), min(sl[2].stop + reach, W)
+    inside = labels[f, r0:r1, c0:c1] == lab                             # (h, w)
+    square = np.ones((3, 3), bool)
+    near = ndimage.binary_dilation(inside, square, iterations=RIM_PAD)
+    ring = ndimage.binary_dilation(near, square, iterations=RING) & ~near
+    if not ring.any():
+        return 0.0
+    return float(clear[f, r0:r1, c0:c1][ring].mean())

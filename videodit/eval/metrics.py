@@ -5,6 +5,12 @@ when the prompt does not ask for it. Units: positions in H (canvas height), time
 speeds in H/s, accelerations in H/s^2. Thresholds live in ``EvalConfig`` (docs/EVAL.md explains
 each one and gives the ground-truth floor measured on SynthWorld renders).
 
+A metric never passes on what is not there: when an object it measures is not found (seen in
+too few frames, or not a blob on plain background: noise) it fails and says why, and so do the
+path metrics (motion, speed, gravity, collision, occlusion) when a moving object's path is not
+coherent in time (frames out of order). Background and sharpness need some object of the prompt
+found, not every one.
+
 Metrics:
 - background: the dominant palette background is the one named (a wall implies black or white).
 - color: every named colour is present in most frames, and no unnamed colour is.
@@ -40,11 +46,13 @@ import numpy as np
 from videodit.eval.config import EvalConfig
 from videodit.eval.measure import COLOR_NAMES, Component, Measurement, measure
 from videodit.eval.parse import GRAVITY_MOTIONS, LINEAR_MOTIONS, ObjectSpec, ParsedPrompt, parse_prompt
-from videodit.world.physics import G, SPEEDS
-from videodit.world.scene import HELDOUT_PAIRS
+from videodit.world.physics import G, SIZES, SPEEDS
+from videodit.world.scene import HELDOUT_PAIRS, SHAPES
+from videodit.world.scene import area as object_area
 
 CIRCLE_FILL = np.pi / 4
 WALL_SLACK = 0.5   # px: the wall's and the object's sub-pixel edges are each measured to ~0.25 px
+LARGEST_AREA = max(object_area(s, z) for s in SHAPES for z in SIZES)   # H^2: a large square
 
 METRICS = ("background", "color", "shape", "count", "relation", "motion", "speed", "gravity",
            "collision", "consistency", "occlusion", "sharpness")
@@ -71,6 +79,19 @@ class Track:
     components: list[list[Component]]
     ref_area: float | None = None   # the full area, px (see _reference_area)
     count: int = 1                  # how many identical objects the track follows
+    missing: str | None = None      # why the object counts as not found (see _why_missing)
+
+    def roughness(self) -> float | None:
+        """Von Neumann ratio of the centroid path: mean squared step between consecutive measured
+        frames over the variance of the positions. Constant-velocity motion over 17 frames gives
+        0.04, a bounce a few tenths; frames in random order give ~2 (whatever the motion)."""
+        ok = ~np.isnan(self.x)
+        p = np.stack([self.x[ok], self.y[ok]], 1)                           # (n, 2)
+        if len(p) < 3:
+            return None
+        spread = float(((p - p.mean(0)) ** 2).sum(1).mean())
+        steps = float((np.diff(p, axis=0) ** 2).sum(1).mean())
+        return steps / spread if spread > 0 else 0.0
 
     def instances(self, height: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per-object (x, y) paths in H: components linked frame to frame by the assignment
@@ -163,14 +184,16 @@ def score_video(frames: np.ndarray | None, prompt: str | ParsedPrompt, fps: floa
         return VideoResult(index, p.text, p, heldout,
                            {m: MetricResult(False, {"error": why}) for m in names}, error=why)
     m = measure(frames)
-    tracks = _tracks(p, m, fps)
+    tracks = _tracks(p, m, fps, cfg)
     results = {}
     for name in names:
-        results[name] = _METRIC_FNS[name](p, m, tracks, cfg)
+        unmeasurable = _unmeasurable(name, p, tracks, cfg)
+        results[name] = (MetricResult(False, {"error": "not measurable", "objects": unmeasurable})
+                         if unmeasurable else _METRIC_FNS[name](p, m, tracks, cfg))
     return VideoResult(index, p.text, p, heldout, results, error=None, tracks=tracks, measurement=m)
 
 
-def _tracks(p: ParsedPrompt, m: Measurement, fps: float) -> list[Track]:
+def _tracks(p: ParsedPrompt, m: Measurement, fps: float, cfg: EvalConfig) -> list[Track]:
     """Assign each prompt object a palette colour and build its per-frame track."""
     F, H = m.n_frames, m.height
     t = np.arange(F) / fps
@@ -199,7 +222,73 @@ def _tracks(p: ParsedPrompt, m: Measurement, fps: float) -> list[Track]:
     if p.family == "occlusion" and m.wall is not None:
         for tr in tracks:
             tr.visible = ~_behind_wall(tr, m, partly=True)
+    for tr in tracks:
+        tr.missing = _why_missing(tr, m.height, cfg)
     return tracks
+
+
+def _why_missing(tr: Track, height: int, cfg: EvalConfig) -> str | None:
+    """None when the track follows a coherent object: seen in at least ``min_presence`` of the
+    frames where it can be seen, its blobs on plain background (the largest blob of a colour in
+    coloured noise is surrounded by more noise), and no larger than a SynthWorld object allows."""
+    if tr.color is None:
+        return "no colour left to look for"
+    seen = ~np.isnan(tr.area)
+    presence = float(seen[tr.visible].mean()) if tr.visible.any() else 0.0
+    if presence < cfg.min_presence:
+        return f"seen in {presence:.0%} of the frames where it can be seen"
+    comps = [c for f in np.flatnonzero(seen) for c in tr.components[f][:tr.count]]
+    isolation = float(np.median([c.isolation for c in comps]))
+    if isolation < cfg.min_isolation:
+        return f"not on plain background (isolation {isolation:.2f}): noise, not an object"
+    size = float(np.median([c.area for c in comps])) / (LARGEST_AREA * height ** 2)
+    if size > cfg.max_area_ratio:
+        return f"{size:.1f} times the largest SynthWorld object"
+    return None
+
+
+PATH_METRICS = ("motion", "speed", "gravity", "collision", "occlusion")   # read the frame order
+
+
+def _unmeasurable(name: str, p: ParsedPrompt, tracks: list[Track],
+                  cfg: EvalConfig) -> dict[str, str]:
+    """{object: why} for the objects a metric measures that it cannot: not found, or (for the
+    path metrics) moving on a path that is not coherent in time. The background and sharpness
+    need some object of the prompt, not every one: an empty canvas, or noise over a background
+    colour, is not the scene the prompt asks for."""
+    if name in ("background", "sharpness"):
+        return {} if any(tr.missing is None for tr in tracks) else {
+            tr.label: tr.missing for tr in tracks}
+    out = {}
+    for tr in _measured_objects(name, p, tracks):
+        if tr.missing:
+            out[tr.label] = tr.missing
+        elif name in PATH_METRICS and tr.spec.motion not in (None, "still"):
+            rough = tr.roughness()
+            if rough is None:
+                out[tr.label] = "seen in fewer than 3 frames"
+            elif rough > cfg.max_roughness:
+                out[tr.label] = f"path not coherent in time (roughness {rough:.2f})"
+    return out
+
+
+def _measured_objects(name: str, p: ParsedPrompt, tracks: list[Track]) -> list[Track]:
+    """The objects a metric measures: it fails when one of them is not found."""
+    if name == "relation":
+        return [tracks[p.relation.subject], tracks[p.relation.object]]
+    if name == "occlusion":
+        return tracks[:1]
+    if name == "color":
+        return [tr for tr in tracks if tr.spec.color]
+    if name == "shape":
+        return [tr for tr in tracks if tr.spec.shape]
+    if name == "speed":
+        return [tr for tr in tracks if _expects_speed(tr.spec, p)]
+    if name == "gravity":
+        return [tr for tr in tracks if tr.spec.motion in GRAVITY_MOTIONS]
+    if name == "motion" and p.family != "collision":
+        return [tr for tr in tracks if tr.spec.motion]
+    return tracks   # count, consistency, collision (and its motion): every object
 
 
 def _mode(values, default):
@@ -454,7 +543,8 @@ def fit_gravity(t: np.ndarray, y: np.ndarray, floor_tol: float) -> tuple[float |
     Floor contacts are the frames within ``floor_tol`` of the lowest point reached, and the local
     maxima of y (a bounce between two frames leaves the nearer frame as a local maximum). The
     segments between contacts are fitted as y = a_s + b_s t + g t^2 / 2 with a shared g.
-    Returns (g, number of frames used); g is None when no segment has 3 frames.
+    Returns (g, number of frames used); g is None when no segment has 3 frames, or when the
+    frames only just determine the fit (three points fix a parabola, whatever g they imply).
     """
     ok = ~np.isnan(y)
     if ok.sum() < 3:
@@ -475,7 +565,8 @@ def fit_gravity(t: np.ndarray, y: np.ndarray, floor_tol: float) -> tuple[float |
             run.append(k)
     if len(run) >= 3:
         segments.append(run)
-    if not segments:
+    used = sum(len(seg) for seg in segments)
+    if used <= 1 + 2 * len(segments):   # unknowns: g, and a start and a speed per segment
         return None, 0
     rows, rhs = [], []
     for s, seg in enumerate(segments):
@@ -486,7 +577,7 @@ def fit_gravity(t: np.ndarray, y: np.ndarray, floor_tol: float) -> tuple[float |
             rows.append(row)
             rhs.append(y[k])
     sol, *_ = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)
-    return float(sol[0]), sum(len(s) for s in segments)
+    return float(sol[0]), used
 
 
 def _gravity(p, m, tracks, cfg) -> MetricResult:
@@ -596,8 +687,9 @@ def _occlusion(p, m, tracks, cfg) -> MetricResult:
 
 
 def _sharpness(p, m, tracks, cfg) -> MetricResult:
-    # Every object in the video, named or not: a wrong colour is the color metric's business.
-    widths = [c.edge_width for fr in m.components for c in fr]
+    # Every object in the video, named or not (a wrong colour is the color metric's business),
+    # but not blobs of noise: those have thresholded, hence sharp, edges.
+    widths = [c.edge_width for fr in m.components for c in fr if c.isolation >= cfg.min_isolation]
     if not widths:
         return MetricResult(False, {"error": "no object found"})
     w = float(np.median(widths))

@@ -172,7 +172,7 @@ def _plot_base64(v: VideoResult, fps: float) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tracks = [tr for tr in v.tracks if not np.isnan(tr.x).all()]
+    tracks = [tr for tr in v.tracks if tr.missing is None]   # noise has no path to plot
     if not tracks:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.4), dpi=90)
