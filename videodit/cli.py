@@ -34,6 +34,9 @@ COMMANDS = (
             "register_train"),
     Command("train-vae", "train the causal video VAE on SynthWorld", "videodit.train.cli"),
     Command("reconstruct", "encode + decode a video through the VAE; print PSNR / SSIM", "videodit.reconstruct"),
+    Command("prepare", "prepare your own captioned videos for training: clips -> VAE latents + text cache",
+            "videodit.prepare"),
+    Command("serve", "serve an OpenAI-compatible Videos API and a web page", "videodit.serve.cli"),
 )
 
 
