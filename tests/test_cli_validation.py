@@ -40,7 +40,12 @@ def _rows():
     evaluate = [
         ("--n", ["0", "-1"]), ("--steps", ["0"]), ("--guidance", ["nan", "-1"]), ("--guidance-interval", ["0 2"]),
         ("--seed", ["-1"]), ("--size", ["big"]), ("--frames", ["0"]), ("--fps", ["0", "inf"]),
-        ("--prompts", [MISSING]), ("--model", [MISSING]), ("--still-threshold", ["nan", "x"]),
+        ("--prompts", [MISSING]), ("--model", [MISSING]), ("--still-threshold", ["nan", "x", "-1", "0"]),
+        ("--gravity-tolerance", ["-0.1", "inf"]), ("--speed-tolerance", ["-1"]), ("--collision-tolerance", ["-1"]),
+        ("--area-drift", ["-0.3"]), ("--relation-margin", ["-0.02"]), ("--max-edge-width", ["0", "-1"]),
+        ("--min-presence", ["0", "1.5"]), ("--min-isolation", ["-0.1", "2"]), ("--max-area-ratio", ["0", "nan"]),
+        ("--max-roughness", ["0", "-1"]), ("--square-fill", ["1.1"]), ("--triangle-fill", ["-0.5"]),
+        ("--triangle-score", ["0.6", "-1"]), ("--triangle-fill-weight", ["-0.3"]),
     ]
     train = [
         ("--steps", ["0", "-1"]), ("--batch-size", ["0"]), ("--lr", ["nan", "-1", "inf", "x"]),
