@@ -112,8 +112,10 @@ def _scale(frame, size: tuple[int, int], source_size: tuple[int, int]) -> np.nda
     """An av.VideoFrame -> (h, w, 3) uint8 RGB of ``size`` (w, h): area averaging when shrinking."""
     from av.video.reformatter import Interpolation
 
+    # Full horizontal chroma interpolation and accurate rounding, as videodit/video.py reads.
     shrink = size[0] < source_size[0]
-    interpolation = (Interpolation.AREA if shrink else Interpolation.BICUBIC) | Interpolation.ACCURATE_RND
+    interpolation = ((Interpolation.AREA if shrink else Interpolation.BICUBIC) | Interpolation.FULL_CHR_H_INT
+                     | Interpolation.ACCURATE_RND)
     return frame.to_ndarray(format="rgb24", width=size[0], height=size[1], interpolation=interpolation,
                             src_color_range=frame.color_range)
 
@@ -182,7 +184,7 @@ def _video_clip(path: Path, cfg: ClipConfig, start: float, end: float) -> Clip:
         raise Skip("too long", f"{seconds:.1f} s, longer than --max-seconds {cfg.max_seconds:g}")
     if len(frames) < cfg.frames:
         raise Skip("too short", f"{len(frames)} frames at {cfg.fps:g} fps ({seconds:.2f} s); a clip needs "
-                                f"{cfg.frames} ({(cfg.frames - 1) / cfg.fps:.2f} s)")
+                                f"{cfg.frames} ({cfg.frames / cfg.fps:.2f} s)")
     video = np.stack(frames)  # (N, h, w, 3)
     first = clip_start(video, cfg.frames, cfg.scene_cut)
     return Clip(video[first:first + cfg.frames].copy(), start + first / cfg.fps, f"{size[0]}x{size[1]}x{cfg.frames}")
