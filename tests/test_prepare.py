@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,8 @@ CLIPS = ClipConfig(fps=8.0, frames=5, sizes=("32x32", "48x32"))
 
 # name -> (kind counted in the report, words the reason holds)
 BAD = {
-    "truncated.mp4": ("truncated", "truncated"),
+    "truncated.mp4": ("truncated", "cut off before its index"),
+    "truncated_faststart.mp4": ("truncated", "the container declares 120 frames but only"),
     "renamed.mp4": ("unreadable", "cannot open as a video"),
     "empty.mp4": ("unreadable", "empty file"),
     "sound.wav": ("unreadable", "no video stream (streams found: audio)"),
@@ -34,10 +34,10 @@ GOOD = ("copy.mp4", "h264_12fps.mkv", "vp9_30fps.webm", "mpeg4_12fps.avi", "h264
         "still.png")
 
 
-def _encode(path: Path, frames: np.ndarray, fps: int, codec: str, pix_fmt: str) -> None:
+def _encode(path: Path, frames: np.ndarray, fps: int, codec: str, pix_fmt: str, options=None) -> None:
     import av
 
-    with av.open(str(path), "w") as out:
+    with av.open(str(path), "w", options=options) as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
         for rgb in frames:
@@ -82,7 +82,11 @@ def folder(tmp_path_factory):
         path = next(root.rglob(name))
         path.with_suffix(".txt").write_text(f"  a person talks on a phone ({name})\n")
     data = (root / "copy.mp4").read_bytes()
-    (root / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (root / "truncated.mp4").write_bytes(data[: len(data) // 2])  # its index (moov) is at the end
+    _encode(root / "faststart.mp4", clip, 30, "libx264", "yuv420p", {"movflags": "faststart"})  # index first
+    data = (root / "faststart.mp4").read_bytes()
+    (root / "faststart.mp4").unlink()
+    (root / "truncated_faststart.mp4").write_bytes(data[: len(data) // 2])
     (root / "renamed.mp4").write_text("this is a text file, not a video\n" * 20)
     (root / "empty.mp4").write_bytes(b"")
     _sine_wav(root / "sound.wav")

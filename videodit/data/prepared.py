@@ -47,7 +47,9 @@ class PreparedData:
             self.samples: list[dict] = index["samples"]
             shards = {s["file"]: s["bytes"] for s in index["shards"]}
             for s in self.samples:
-                s["shard"], s["key"], s["caption"], s["bucket"]  # noqa: B018 -- fields the reader needs
+                missing = {"shard", "key", "caption", "bucket"} - s.keys()
+                if missing:
+                    raise KeyError(f"a sample without {', '.join(sorted(missing))}")
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise VideoditError(f"{path}: corrupt index ({type(e).__name__}: {e})") from None
         if not self.samples:
