@@ -26,7 +26,7 @@ def _rows():
         ("--extend-frames", ["0", "-1"]), ("--strength", ["nan", "-0.1", "1.5"]), ("--window", ["0", "-1"]),
         ("--overlap", ["-1", "x"]), ("--model", [MISSING]), ("--prompts-file", [MISSING]),
         ("--image", [MISSING]), ("--last-image", [MISSING]), ("--video", [MISSING]), ("--edit", [MISSING]),
-        ("--connect", [f"{MISSING} {HERE}"]),
+        ("--connect", [f"{MISSING} {HERE}"]), ("--lora", [MISSING]), ("--lora-scale", ["-1", "nan", "x"]),
     ]
     reconstruct = [
         ("--max-frames", ["0", "-1"]), ("--chunk-frames", ["-4", "3", "x"]), ("--tile", ["-1", "x"]),
@@ -56,7 +56,8 @@ def _rows():
         ("--sample-every", ["-1"]), ("--sample-prompts", ["0"]), ("--sample-steps", ["0"]),
         ("--sample-guidance", ["nan"]), ("--sample-guidance-interval", ["0 2"]), ("--tokens-per-batch", ["-1"]),
         ("--latent-cache", ["-1"]), ("--max-minutes", ["nan", "-1"]), ("--pack", ["-1"]),
-        ("--vae", [MISSING]), ("--init", [MISSING]),
+        ("--vae", [MISSING]), ("--init", [MISSING]), ("--data", [MISSING]), ("--lora", ["-1", "x"]),
+        ("--lora-alpha", ["-1", "nan"]),
     ]
     train_vae = [
         ("--steps", ["-1"]), ("--max-minutes", ["-1"]), ("--batch-size", ["0"]), ("--lr", ["nan", "-1"]),

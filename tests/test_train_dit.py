@@ -11,7 +11,7 @@ import torch
 from conftest import dit_train_cfg
 from videodit.errors import VideoditError
 from videodit.train.dit import COND_MODES, conditioning_masks, train_dit
-from videodit.vae import VideoVAE
+from videodit.vae import PRESETS, VideoVAE
 
 
 def test_conditioning_masks_cover_every_mode():
@@ -211,3 +211,61 @@ def test_dit_trains_and_generates_on_a_per_channel_normalised_vae(tmp_path, tiny
     assert pipe.config.sampler.guidance_interval == (0.2, 0.85)  # written to config.json, read back as the default
     video = pipe("a red circle", frames=5, size=(32, 32), steps=2)
     assert video.shape == (5, 32, 32, 3)
+
+
+def test_lora_trains_only_adapters_resumes_exactly_and_generates(tmp_path, tiny_vae):
+    """--lora R on --init's DiT: the base weights stay bit for bit, the adapters learn, a resumed
+    run equals a straight one, and Pipeline.load(..., lora=OUT/lora) generates with them."""
+    from safetensors.torch import load_file
+
+    from videodit.lora import adapters, base_state_dict
+    from videodit.pipeline import Pipeline
+
+    base = train_dit(dit_train_cfg(tmp_path / "base", tiny_vae, steps=2))
+    lora = dict(init=str(base), lora=2, lr=1e-2)
+    straight = train_dit(dit_train_cfg(tmp_path / "a", tiny_vae, **lora))
+    assert straight.name == "lora" and (straight / "SHA256SUMS").is_file()
+    train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, **lora, steps=2))
+    resumed = train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, **lora))
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(k.endswith(("lora_a", "lora_b")) for k in a)
+
+    pipe = Pipeline.load(base, lora=straight)
+    assert any(float(m.lora_b.detach().abs().max()) > 0 for m in adapters(pipe.dit).values())  # the adapters learnt
+    before = load_file(base / "dit" / "model.safetensors")
+    assert all(torch.equal(before[k], v) for k, v in base_state_dict(pipe.dit).items())  # the base did not move
+    plain = Pipeline.load(base)(["a red ball"], frames=5, size=(32, 32), steps=2, seed=0)
+    adapted = pipe(["a red ball"], frames=5, size=(32, 32), steps=2, seed=0)
+    off = Pipeline.load(base, lora=straight, lora_scale=0.0)(["a red ball"], frames=5, size=(32, 32), steps=2, seed=0)
+    assert adapted.shape == plain.shape == (1, 5, 32, 32, 3) and (adapted != plain).any()
+    assert (off == plain).all()
+    with pytest.raises(VideoditError, match="--lora adapts an existing DiT"):
+        train_dit(dit_train_cfg(tmp_path / "c", tiny_vae, lora=2))
+
+
+def test_data_trains_on_a_prepared_cache_and_refuses_another_vae(tmp_path, tiny_vae, capsys):
+    """`videodit world render` -> `videodit prepare` -> `videodit train --data`: the cache's bucket
+    replaces --sizes / --frames, a resumed run is exact, and a cache of another VAE is refused."""
+    from safetensors.torch import load_file
+
+    from videodit.cli import main
+
+    clips, cache = tmp_path / "clips", tmp_path / "cache"
+    assert main(["world", "render", "--n", "6", "--size", "32x32", "--frames", "5", "--out", str(clips)]) == 0
+    assert main(["prepare", str(clips), "-o", str(cache), "--vae", str(tiny_vae), "--sizes", "32x32",
+                 "--frames", "5", "--workers", "1"]) == 0
+    with pytest.raises(VideoditError, match="--data .*--sizes does not go with it"):
+        train_dit(dit_train_cfg(tmp_path / "x", tiny_vae, data=str(cache)))  # dit_train_cfg sets --sizes 32x32
+    base = dict(data=str(cache), sizes=("64x64",), frames=(17,), batch_size=4)  # (the defaults: unset)
+    straight = train_dit(dit_train_cfg(tmp_path / "a", tiny_vae, **base))
+    train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, **base, steps=2))
+    resumed = train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, **base))
+    a, b = load_file(straight / "dit" / "model.safetensors"), load_file(resumed / "dit" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "32x32x5: 32 tokens, batch 4" in capsys.readouterr().out
+    other_vae = tmp_path / "other_vae"
+    torch.manual_seed(1)
+    VideoVAE(PRESETS["tiny"]).save_pretrained(other_vae)
+    with pytest.raises(VideoditError, match="prepared with another VAE"):
+        train_dit(dit_train_cfg(tmp_path / "c", other_vae, **base))

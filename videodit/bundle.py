@@ -223,17 +223,45 @@ def _short(items: list[str], n: int = 4) -> str:
 def save_weights_bundle(model: nn.Module, config, folder: str | Path) -> Path:
     """A module as a bundle folder: config.json (the frozen config dataclass) + model.safetensors
     + SHA256SUMS, written atomically. Refuses weights holding NaN or inf."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    bad = first_non_finite(state)
-    if bad:
-        raise VideoditError(f"{folder}: not saved: tensor {bad} holds NaN or inf values")
+    check_finite(state, f"{folder}: not saved")
     with writing(folder) as tmp:
         write_config(config, tmp)
-        save_file(state, str(tmp / WEIGHTS))
+        save_tensors(state, tmp / WEIGHTS)
     return folder
+
+
+def check_finite(state: dict, where: str) -> None:
+    bad = first_non_finite(state)
+    if bad:
+        raise VideoditError(f"{where}: tensor {bad} holds NaN or inf values")
+
+
+def save_tensors(state: dict, path: Path) -> None:
+    """Finite tensors to a safetensors file (inside a ``writing`` folder, which checksums it)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    check_finite(state, f"{path}: not saved")
+    save_file(state, str(path))
+
+
+def load_tensors(path: str | Path) -> dict:
+    """The verified (SHA256SUMS), finite tensors of a safetensors file, with one-line errors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise VideoditError(f"{path}: weights file not found")
+    verify_file(path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise VideoditError(f"{path}: not a readable safetensors file ({e})") from None
+    check_finite(state, str(path))
+    return state
 
 
 def write_config(config, folder: Path) -> None:
@@ -266,20 +294,7 @@ def read_bundle_config(cls, folder: str | Path, what: str):
 
 def load_safetensors_checked(model: nn.Module, path: str | Path) -> None:
     """Load verified, finite weights that fit ``model`` (every key and shape) into it."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise VideoditError(f"{path}: weights file not found")
-    verify_file(path)
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise VideoditError(f"{path}: not a readable safetensors file ({e})") from None
-    bad = first_non_finite(state)
-    if bad:
-        raise VideoditError(f"{path}: tensor {bad} holds NaN or inf values")
+    state = load_tensors(path)
     check_state_dict(model, state, str(path))
     model.load_state_dict(state)
 

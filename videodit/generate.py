@@ -62,6 +62,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=number(int, min=0), default=0, help="noise seed (same seed, same video; default 0)")
     p.add_argument("--negative", default="", help="negative prompt: what the video should not show")
     p.add_argument("--model", type=existing("dir"), help="model bundle folder (default: the bundled model)")
+    p.add_argument("--lora", type=existing(), metavar="ADAPTER", help="LoRA adapters trained on the model's DiT "
+                   "(`videodit train --lora R` writes OUT/lora/; the folder or its model.safetensors)")
+    p.add_argument("--lora-scale", type=number(float, min=0), default=1.0,
+                   help="scale of the adapters' update: 0 = the base model, 1 = as trained (default 1)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
     p.add_argument("--fps", type=number(float, min=0, min_exclusive=True), help="frame rate of the written file (default: the bundle's, 8)")
     g = p.add_argument_group("prompting with images and videos (one PROMPT; docs/PROMPTING.md)")
@@ -161,7 +165,7 @@ def _run(args: argparse.Namespace) -> int:
     from videodit.video import write_video
 
     t0 = time.perf_counter()
-    pipe = Pipeline.load(args.model, device=args.device)
+    pipe = Pipeline.load(args.model, device=args.device, lora=args.lora, lora_scale=args.lora_scale)
     fps = pipe.config.fps if args.fps is None else args.fps
     frames = pipe.config.frames if args.frames is None else args.frames
     window = pipe.config.frames if args.window is None else args.window
@@ -217,7 +221,7 @@ def _run_prompting(args: argparse.Namespace, mode: str, prompt: str, path: Path)
               for key, file in files.items() if file}
 
     t0 = time.perf_counter()
-    pipe = Pipeline.load(args.model, device=args.device)
+    pipe = Pipeline.load(args.model, device=args.device, lora=args.lora, lora_scale=args.lora_scale)
     size = args.size or pipe.config.size
     sampler = _sampler(pipe, args)
     common = dict(size=size, sampler=sampler, negative=args.negative)

@@ -28,6 +28,7 @@ from videodit.bundle import BUNDLED
 from videodit.config import from_dict
 from videodit.dit import DiT, DiTConfig
 from videodit.errors import VideoditError, nearest_valid
+from videodit.lora import load_lora
 from videodit.sample import FrameCondition, SamplerConfig, generate
 from videodit.text import TextEncoder, TextEncoderConfig
 from videodit.vae import TEMPORAL_STRIDE, VideoVAE
@@ -91,7 +92,10 @@ class Pipeline:
         return next(self.dit.parameters()).device
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> Pipeline:
+    def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu", *,
+             lora: str | Path | None = None, lora_scale: float = 1.0) -> Pipeline:
+        """The bundle at ``path`` (default: the bundled model); ``lora``: LoRA adapters trained on its
+        DiT (`videodit train --lora`, videodit/lora.py), their update scaled by ``lora_scale``."""
         path = BUNDLED if path is None else Path(path)
         if path == BUNDLED and not (path / "dit").is_dir():
             raise VideoditError("this version of videodit ships no trained text-to-video model yet (see "
@@ -103,6 +107,8 @@ class Pipeline:
             use_cpu_threads()
         vae = VideoVAE.from_pretrained(path / "vae", device=device)
         dit = load_dit(path / "dit", device=device)
+        if lora is not None:
+            load_lora(dit, lora, scale=lora_scale)
         return cls(vae, dit, TextEncoder(config.text, device=device), config)
 
     def save(self, path: str | Path) -> Path:

@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "default the first N SynthWorld eval-split captions)")
     gen = p.add_argument_group("generate, then score (a model bundle instead of a folder of videos)")
     gen.add_argument("--model", type=existing("dir", words=("bundled",)), help="model bundle folder, or 'bundled': generate one video per prompt first")
+    gen.add_argument("--lora", type=existing(), default=None, help="with --model: LoRA adapters trained on its DiT "
+                     "(`videodit train --lora R` writes OUT/lora/)")
     gen.add_argument("--n", type=number(int, min=1), default=None, help="with --model: how many SynthWorld eval prompts (default 100)")
     gen.add_argument("--steps", type=number(int, min=1), default=None, help="with --model: sampler steps (default: the bundle's)")
     gen.add_argument("--guidance", type=number(float, min=0), default=None, help="with --model: guidance (default: the bundle's)")
@@ -99,7 +101,7 @@ def generate_for_eval(args: argparse.Namespace) -> None:
     folder = Path(args.videos or "eval_videos")
     folder.mkdir(parents=True, exist_ok=True)
     size = args.size
-    pipe = Pipeline.load(None if args.model == "bundled" else args.model)
+    pipe = Pipeline.load(None if args.model == "bundled" else args.model, lora=args.lora)
     for i, prompt in enumerate(tqdm(prompts, desc="generate", unit="video")):
         video = pipe(prompt, steps=args.steps, guidance=args.guidance, seed=args.seed + i, size=size,
                      frames=args.frames, guidance_interval=args.guidance_interval)
@@ -131,8 +133,8 @@ def _run(args: argparse.Namespace) -> int:
     if not args.model:
         if args.videos is None or args.prompts is None:
             raise VideoditError("give --videos DIR --prompts FILE, or --model PATH [--n N] to generate them first")
-        if args.n is not None or args.size is not None or args.frames is not None:
-            raise VideoditError("--n, --size and --frames go with --model")
+        if args.n is not None or args.size is not None or args.frames is not None or args.lora is not None:
+            raise VideoditError("--n, --size, --frames and --lora go with --model")
         if not Path(args.videos).is_dir():
             raise VideoditError(f"--videos {args.videos}: no such folder")
 

@@ -92,5 +92,5 @@ def _run_train(args: argparse.Namespace) -> int:
     use_cpu_threads()  # --threads, when given, wins
     bundle = train_dit(dataclass_from_args(DiTTrainConfig(), args))
     if _is_main_process():
-        print(f"saved model bundle to {bundle}")
+        print(f"saved {'LoRA adapters' if bundle.name == 'lora' else 'model bundle'} to {bundle}")
     return 0

@@ -45,23 +45,27 @@ from videodit.data.buckets import Bucket, centre_square, describe_plan, plan_buc
 from videodit.data.synthworld import SynthWorldBatches, SynthWorldConfig
 from videodit.dit import PRESETS, DiT, DiTConfig
 from videodit.errors import VideoditError, VideoditWarning
+from videodit.data.prepared import PreparedData
 from videodit.eval.sampling import eval_prompts, sample_and_evaluate
+from videodit.lora import LoRAConfig, add_lora, save_lora
 from videodit.pipeline import BUNDLED, BundleConfig, Pipeline
 from videodit.sample import SamplerConfig, check_interval
 from videodit.text import TextEncoder, TextEncoderConfig
 from videodit.train import loop
-from videodit.bundle import load_safetensors_checked, read_bundle_config
+from videodit.bundle import WEIGHTS, file_sha256, load_safetensors_checked, read_bundle_config
 from videodit.vae import VideoVAE
 from videodit.world.scene import parse_size
 
 CHECKPOINT_KIND = "dit"
 COND_MODES = ("none", "first", "last", "ends", "lead", "trail")
+DEFAULT_PRESET = "cpu-small"
 
 
 @dataclass(frozen=True)
 class DiTTrainConfig:
-    preset: str = field(default="cpu-small", metadata={
-        "help": "DiT size preset (videodit.dit.PRESETS)", "group": "run"})
+    preset: str = field(default="", metadata={
+        "help": "DiT size preset (videodit.dit.PRESETS); empty = --init's architecture, or cpu-small without "
+                "--init", "group": "run"})
     out: str = field(default="runs/dit", metadata={
         "help": "output folder (checkpoint.pt, logs, samples, bundle/)", "group": "output/checkpoints"})
     vae: str = field(default="", metadata={
@@ -143,10 +147,31 @@ class DiTTrainConfig:
     square_crop: bool = field(default=False, metadata={
         "help": "train on the centre square of every clip (side = its shorter side) instead of its native "
                 "size: the square-crop baseline of Sora's native-size comparison (docs/SIZES.md)", "group": "data"})
+    data: str = field(default="", metadata={
+        "help": "train on your own clips instead of SynthWorld: a cache made by `videodit prepare` "
+                "(docs/OWN_DATA.md); its sizes and durations replace --sizes / --frames", "path": "dir",
+        "group": "data"})
+    lora: int = field(default=0, metadata={
+        "help": "fine-tune low-rank adapters of this rank on the attention and MLP projections of --init's "
+                "DiT (videodit/lora.py) instead of every weight; OUT/lora/ then holds the adapters "
+                "(`videodit generate --lora OUT/lora`). 0 = full training", "min": 0, "group": "fine-tuning"})
+    lora_alpha: float = field(default=0.0, metadata={
+        "help": "LoRA scale numerator: updates are (alpha / rank) B A; 0 = the rank (scale 1)", "min": 0,
+        "group": "fine-tuning"})
 
     def check(self) -> None:
         check_ranges(self)
-        if self.preset not in PRESETS:
+        if self.lora and not self.init:
+            raise VideoditError("--lora adapts an existing DiT: give --init bundled or --init BUNDLE")
+        if self.data:
+            base = DiTTrainConfig()
+            for flag, name in (("--sizes", "sizes"), ("--frames", "frames"), ("--square-crop", "square_crop"),
+                               ("--latent-cache", "latent_cache"), ("--tokens-per-batch", "tokens_per_batch"),
+                               ("--num-workers", "num_workers")):
+                if getattr(self, name) != getattr(base, name):
+                    raise VideoditError(f"--data trains on the clips `videodit prepare` made (their sizes and "
+                                        f"durations, already encoded): {flag} does not go with it")
+        if self.preset and self.preset not in PRESETS:
             raise VideoditError(f"--preset {self.preset!r}: unknown; choose one of {', '.join(PRESETS)}")
         if len(self.cond_mix) != len(COND_MODES) or sum(self.cond_mix) <= 0:
             raise VideoditError(f"--cond-mix {self.cond_mix}: need {len(COND_MODES)} non-negative odds "
@@ -226,6 +251,32 @@ def bucket_plan(cfg: DiTTrainConfig, vae_stride: int, patch: tuple[int, int, int
                         patch=patch)
 
 
+def prepared_plan(data: PreparedData, batch_size: int, vae_stride: int,
+                  patch: tuple[int, int, int]) -> dict[tuple[int, int, int], Bucket]:
+    """The buckets of a prepared cache: each holds its clips' share of the batches, and a bucket
+    with fewer clips than --batch-size trains in smaller batches."""
+    total = sum(data.buckets.values())
+    plan = {}
+    for name, count in data.buckets.items():
+        w, h, f = (int(v) for v in name.split("x"))
+        (entry,) = plan_buckets((f"{w}x{h}",), (f,), batch_size=min(batch_size, count), tokens_per_batch=0,
+                                batches_per_step=1, square=False, vae_stride=vae_stride, patch=patch).values()
+        entry.odds = count / total
+        plan[(w, h, f)] = entry
+    return plan
+
+
+def check_prepared(data: PreparedData, vae_dir: Path, text: TextEncoder, source: str) -> None:
+    """A cache holds latents of one VAE and embeddings of one text encoder: train with those."""
+    if data.vae_hash != file_sha256(vae_dir / WEIGHTS):
+        raise VideoditError(f"--data {source}: prepared with another VAE than {vae_dir} (prepare it again "
+                            "with `videodit prepare --vae` set to train's --vae)")
+    if data.text_encoder["name"] != text.config.model or data.text_encoder["max_length"] != text.config.max_length:
+        raise VideoditError(f"--data {source}: prepared with the text encoder {data.text_encoder['name']!r} "
+                            f"(max_length {data.text_encoder['max_length']}), training uses {text.config.model!r} "
+                            f"(max_length {text.config.max_length})")
+
+
 # ---------------------------------------------------------------------------------------------
 # The step
 # ---------------------------------------------------------------------------------------------
@@ -243,20 +294,33 @@ class DiTTask:
         cfg.check()
         self.cfg, self.dist, self.out = cfg, dist, Path(cfg.out)
         device = dist.device
-        self.vae = VideoVAE.from_pretrained(Path(cfg.vae) if cfg.vae else BUNDLED / "vae", device=device)
+        vae_dir = Path(cfg.vae) if cfg.vae else BUNDLED / "vae"
+        self.vae = VideoVAE.from_pretrained(vae_dir, device=device)
         self.vae.requires_grad_(False)
         self.text = TextEncoder(TextEncoderConfig(model=cfg.text_encoder), device=device)
         torch.manual_seed(cfg.seed)
-        self.model_cfg = DiTConfig.preset(cfg.preset, in_channels=self.vae.cfg.latent_channels, text_dim=self.text.dim)
+        self.model_cfg = model_config(cfg, self.vae.cfg.latent_channels, self.text.dim)
         self.model = DiT(self.model_cfg).to(device)
+        self.lora_cfg = None
+        if cfg.lora:  # the base weights first: the adapters start from --init's DiT, which stays frozen
+            init_weights(self.model, cfg.init, self.model_cfg)
+            self.lora_cfg = LoRAConfig(rank=cfg.lora, alpha=cfg.lora_alpha or float(cfg.lora))
+            add_lora(self.model, self.lora_cfg)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.run_config = {"train": to_dict(cfg), "model": to_dict(self.model_cfg), "vae": to_dict(self.vae.cfg)}
         self.autocast = torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16)
-        self.plan = bucket_plan(cfg, self.vae.cfg.spatial_stride, self.model_cfg.patch)
+        self.prepared = None
+        if cfg.data:
+            self.prepared = PreparedData(cfg.data)
+            check_prepared(self.prepared, vae_dir, self.text, cfg.data)
+            self.plan = prepared_plan(self.prepared, cfg.batch_size, self.vae.cfg.spatial_stride, self.model_cfg.patch)
+        else:
+            self.plan = bucket_plan(cfg, self.vae.cfg.spatial_stride, self.model_cfg.patch)
         self.per_step = max(1, cfg.pack)
         sampler = SamplerConfig(guidance=cfg.sample_guidance, guidance_interval=cfg.sample_guidance_interval)
+        width, height, frames = max(self.plan, key=lambda k: self.plan[k].odds)  # the commonest bucket
         self.pipe = Pipeline(self.vae, self.ema, self.text, BundleConfig(
-            text=self.text.config, sampler=sampler, size=parse_size(cfg.sizes[0], name="sizes"), frames=cfg.frames[0]))
+            text=self.text.config, sampler=sampler, size=(width, height), frames=frames))
         self.prompts = eval_prompts(cfg.sample_prompts) if cfg.sample_every else []
         self.seen = dict.fromkeys(("{}x{}x{}".format(*k) for k in sorted(self.plan)), 0)  # clips per bucket, this run
         if dist.is_main:
@@ -269,7 +333,7 @@ class DiTTask:
         return {}
 
     def init(self) -> None:
-        if self.cfg.init:
+        if self.cfg.init and not self.cfg.lora:  # (with --lora, loaded before the adapters were added)
             init_weights(self.model, self.cfg.init, self.model_cfg)
             self.ema.load_state_dict(self.model.state_dict())
             if self.dist.is_main:
@@ -297,7 +361,10 @@ class DiTTask:
     def batches(self, step: int) -> Iterator[list[tuple]]:
         """Per step, ``per_step`` tuples (latents, captions, bucket, cached (tokens, mask) or None)."""
         first = step * self.per_step
-        if self.cfg.latent_cache:
+        if self.prepared is not None:
+            single = self.prepared.batches(first, self.cfg.batch_size, self.cfg.seed, self.dist.rank,
+                                           self.dist.world_size, self.dist.device)
+        elif self.cfg.latent_cache:
             single = latent_cache.epoch_batches(self.load_cache(), first, self.cfg.seed, self.dist.rank, self.dist.device)
         else:
             single = ((self.encode(b["video"]), b["caption"], b["bucket"], None)
@@ -346,8 +413,16 @@ class DiTTask:
                                                      "time": f"{time.time():.0f}"})
 
     # -- outputs ------------------------------------------------------------------------------
+    @property
+    def result(self) -> Path:
+        """What a run makes: the adapters with --lora, else a complete model bundle (the EMA)."""
+        return self.out / ("lora" if self.lora_cfg else "bundle")
+
     def on_save(self) -> None:
-        self.pipe.save(self.out / "bundle")
+        if self.lora_cfg:
+            save_lora(self.ema, self.lora_cfg, self.result)
+        else:
+            self.pipe.save(self.result)
 
     def after_step(self, step: int, done: bool) -> None:
         cfg = self.cfg
@@ -365,7 +440,7 @@ class DiTTask:
         if empty:
             warnings.warn(f"size bucket(s) {', '.join(empty)} got no training clip in this run "
                           f"(too few steps for their share, or a --latent-cache too small to reach them)", VideoditWarning)
-        return self.out / "bundle"
+        return self.result
 
 
 def train_dit(cfg: DiTTrainConfig) -> Path:
@@ -374,13 +449,25 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
     return loop.train(cfg, lambda dist: DiTTask(cfg, dist))
 
 
-def init_weights(model: DiT, bundle: str, model_cfg: DiTConfig) -> None:
-    """Load the DiT of a model bundle (``bundle`` = a folder, or 'bundled') into ``model``; a bundle
-    whose DiT has another architecture fails naming the settings that differ."""
+def model_config(cfg: DiTTrainConfig, latent_channels: int, text_dim: int) -> DiTConfig:
+    """--preset's DiT for this VAE and text encoder; without --preset, --init's, or cpu-small."""
+    if cfg.preset or not cfg.init:
+        return DiTConfig.preset(cfg.preset or DEFAULT_PRESET, in_channels=latent_channels, text_dim=text_dim)
+    return read_bundle_config(DiTConfig, init_folder(cfg.init), "DiT")
+
+
+def init_folder(bundle: str) -> Path:
     folder = (BUNDLED if bundle == "bundled" else Path(bundle)) / "dit"
     if not folder.is_dir():
         raise VideoditError(f"--init {bundle}: no dit/ folder there (expected a model bundle written by "
                             "`videodit train`, or 'bundled')")
+    return folder
+
+
+def init_weights(model: DiT, bundle: str, model_cfg: DiTConfig) -> None:
+    """Load the DiT of a model bundle (``bundle`` = a folder, or 'bundled') into ``model``; a bundle
+    whose DiT has another architecture fails naming the settings that differ."""
+    folder = init_folder(bundle)
     theirs = to_dict(read_bundle_config(DiTConfig, folder, "DiT"))
     ours = to_dict(model_cfg)
     differ = [f"{k} {theirs[k]} (init) vs {ours[k]} (--preset)" for k in ours if theirs.get(k) != ours[k]]
