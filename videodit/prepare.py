@@ -146,14 +146,6 @@ def _results(jobs: list, workers: int, captioner):
 # Main side
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def source_name(source) -> str:
     """How reports name a source: its path, and its list row for sources from a list."""
     return f"{source.path} ({source.origin})" if source.origin else source.path
@@ -173,10 +165,52 @@ def prepare(src: str | Path, out: str | Path | None, clip_cfg, cfg: PrepareConfi
             check: bool = False, progress: bool = True) -> Report:
     """Prepare SRC into the cache folder ``out`` (or, with ``check``, only list what would be
     kept and skipped). Returns the report; prints the summary and every skipped file."""
-    from tqdm import tqdm
-
-    from videodit.bundle import BUNDLED, read_bundle_config
     from videodit.data.clips import SKIP_KINDS
+
+    started = time.time()
+    listing, captioner, vae_dir, settings, key = _plan(src, clip_cfg, cfg, check)
+    sources = listing.sources
+    out = Path(out) if out else None
+    kept: list[dict] = []
+    skipped: dict[str, str] = dict(listing.skipped)
+    kinds = dict.fromkeys(SKIP_KINDS, 0)
+    kinds["bad list row"] = len(listing.skipped)
+    shards: list[dict] = []
+    encoders = None
+    if check:
+        position = 0
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        index = _read_finished(out, key)
+        if index is not None:
+            print(f"{out}: already prepared with these settings and sources; nothing to do")
+            return _summarise(out, index, listing.ignored, time.time() - started)
+        position, shards = _resume(out, key, kept, skipped, kinds)
+        encoders = _load_encoders(vae_dir, cfg.text_encoder)
+        settings["text_encoder"]["dim"] = encoders[1].dim
+    state = (out, key, shards, kept, skipped, kinds)
+    pending = _process(sources, position, clip_cfg, cfg, captioner, encoders, state, progress)
+    # Sources after the last shard that were all skipped live in the index alone (a rerun
+    # re-reads them: cheap, and the same answer).
+    skipped.update(pending["skipped"])
+    for kind, n in pending["kinds"].items():
+        kinds[kind] += n
+    if check:
+        report = Report(kept, skipped, kinds, listing.ignored, seconds=time.time() - started)
+        _print_summary(report, None)
+        return report
+    index = {**settings, "key": key, "fps": clip_cfg.fps, "frames": clip_cfg.frames, "shards": shards,
+             "samples": kept, "skipped": skipped, "skip_kinds": kinds, "ignored": listing.ignored}
+    del index["sources"], index["list_skipped"]
+    _write_json(out / REPORT, {"kept": [s["path"] for s in kept], "skipped": skipped, "ignored": listing.ignored})
+    _write_json(out / INDEX, index)
+    return _summarise(out, index, listing.ignored, time.time() - started)
+
+
+def _plan(src, clip_cfg, cfg: PrepareConfig, check: bool):
+    """Check the settings, list the sources; returns them with the captioner, the VAE folder, the
+    settings recorded in the index and their hash (the key a rerun must match)."""
+    from videodit.bundle import BUNDLED, file_sha256, read_bundle_config
     from videodit.data.sources import Captioner, list_sources
     from videodit.vae import VAEConfig
 
@@ -194,38 +228,28 @@ def prepare(src: str | Path, out: str | Path | None, clip_cfg, cfg: PrepareConfi
         if w % stride or h % stride:
             raise VideoditError(f"--sizes {w}x{h}: width and height must be multiples of the VAE's spatial "
                                 f"stride {stride} (nearest below: {w // stride * stride}x{h // stride * stride})")
-    started = time.time()
     listing = list_sources(src)
-    sources = listing.sources
     settings = {
         "format": FORMAT, "clips": to_dict(clip_cfg), "captioner": captioner.describe() if captioner else "",
         "vae": {"config": to_dict(vae_cfg), "sha256": file_sha256(vae_dir / "model.safetensors")},
         "text_encoder": {"name": cfg.text_encoder},
-        "sources": [dataclasses.astuple(s) for s in sources], "list_skipped": listing.skipped,
+        "sources": [dataclasses.astuple(s) for s in listing.sources], "list_skipped": listing.skipped,
     }
     if not check:
         from videodit.text import TextEncoderConfig
         settings["text_encoder"]["max_length"] = TextEncoderConfig(model=cfg.text_encoder).max_length
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return listing, captioner, vae_dir, settings, key
 
-    out = Path(out) if out else None
-    kept: list[dict] = []
-    skipped: dict[str, str] = dict(listing.skipped)
-    kinds = dict.fromkeys(SKIP_KINDS, 0)
-    kinds["bad list row"] = len(listing.skipped)
-    shards: list[dict] = []
-    if check:
-        position = 0
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        index = _read_finished(out, key)
-        if index is not None:
-            print(f"{out}: already prepared with these settings and sources; nothing to do")
-            return _summarise(out, index, listing.ignored, time.time() - started)
-        position, shards = _resume(out, key, kept, skipped, kinds)
-        vae, text = _load_encoders(vae_dir, cfg.text_encoder)
-        settings["text_encoder"]["dim"] = text.dim
 
+def _process(sources, position: int, clip_cfg, cfg: PrepareConfig, captioner, encoders, state, progress: bool) -> dict:
+    """Decode (in workers) and encode every source from ``position`` on, flushing a shard every
+    ``cfg.shard_size`` kept samples; returns what is left pending (the skips after the last shard).
+    Without ``encoders`` (--check) only the kept list is filled."""
+    from tqdm import tqdm
+
+    out, key, shards, kept, skipped, kinds = state
+    check = encoders is None
     pending: dict = {"tensors": {}, "samples": [], "skipped": {}, "kinds": {}, "first": position}
     jobs = [(i, sources[i], clip_cfg, not check) for i in range(position, len(sources))]
     with tqdm(total=len(sources), initial=position, desc="prepare", unit="clip", disable=not progress,
@@ -240,7 +264,7 @@ def prepare(src: str | Path, out: str | Path | None, clip_cfg, cfg: PrepareConfi
                 kept.append({"path": name, "start": result["start"], "bucket": result["bucket"]})
             else:
                 n = len(kept) + len(pending["samples"])
-                latent, tokens = _encode(vae, text, result["frames"], result["caption"])
+                latent, tokens = _encode(*encoders, result["frames"], result["caption"])
                 pending["tensors"][f"latent.{n}"] = latent
                 pending["tensors"][f"text.{n}"] = tokens
                 pending["samples"].append({"key": str(n), "path": name, "start": round(result["start"], 6),
@@ -250,21 +274,7 @@ def prepare(src: str | Path, out: str | Path | None, clip_cfg, cfg: PrepareConfi
             bar.update(1)
     if not check and pending["samples"]:
         _flush(out, key, pending, len(sources), shards, kept, skipped, kinds)
-    # Sources after the last shard that were all skipped live in the index alone (a rerun
-    # re-reads them: cheap, and the same answer).
-    skipped.update(pending["skipped"])
-    for kind, n in pending["kinds"].items():
-        kinds[kind] += n
-    if check:
-        report = Report(kept, skipped, kinds, listing.ignored, seconds=time.time() - started)
-        _print_summary(report, None)
-        return report
-    index = {**settings, "key": key, "fps": clip_cfg.fps, "frames": clip_cfg.frames, "shards": shards,
-             "samples": kept, "skipped": skipped, "skip_kinds": kinds, "ignored": listing.ignored}
-    del index["sources"], index["list_skipped"]
-    _write_json(out / REPORT, {"kept": [s["path"] for s in kept], "skipped": skipped, "ignored": listing.ignored})
-    _write_json(out / INDEX, index)
-    return _summarise(out, index, listing.ignored, time.time() - started)
+    return pending
 
 
 def _load_encoders(vae_dir: Path, text_encoder: str):
