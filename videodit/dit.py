@@ -41,6 +41,8 @@ from videodit.errors import VideoditError
 # resolve small timestep differences, the range DiT and Wan were designed around.
 TIME_SCALE = 1000.0
 SINUSOID_MAX_PERIOD = 10000.0
+GELUS = ("exact", "tanh")
+QK_NORM_SPANS = ("head", "all")
 
 
 @dataclass(frozen=True)
@@ -56,18 +58,39 @@ class DiTConfig:
     freq_dim: int = field(default=256, metadata={"help": "sinusoidal timestep embedding width"})
     rope_theta: float = field(default=10000.0, metadata={"help": "RoPE base period"})
     norm_eps: float = field(default=1e-6, metadata={"help": "epsilon of every norm"})
+    # Four switches for checkpoints trained elsewhere (the `wan-1.3b` preset, videodit/interop/wan.py);
+    # the defaults are this codebase's own architecture.
+    bias: bool = field(default=False, metadata={"help": "biases on the blocks' linears (Wan 2.1 has them)"})
+    gelu: str = field(default="exact", metadata={
+        "help": "GELU of the MLPs and the text projection: exact (erf) or tanh (Wan 2.1)", "choices": GELUS})
+    qk_norm_span: str = field(default="head", metadata={
+        "help": "what the QK RMS-norm normalises: each head's channels (head) or all heads' at once with one "
+                "gain per channel of every head (all: Wan 2.1)", "choices": QK_NORM_SPANS})
+    null_text: bool = field(default=True, metadata={
+        "help": "append a learned null token to the text keys (see videodit.text); off for Wan 2.1, whose "
+                "text is always its 512 zero-padded, all-attended tokens"})
 
     def __post_init__(self):
         if self.dim % self.heads or (self.dim // self.heads) % 2:
             raise VideoditError(f"DiTConfig: dim {self.dim} / heads {self.heads} must be an even integer")
         if self.dim // self.heads < 6:
             raise VideoditError(f"DiTConfig: head dim {self.dim // self.heads} too small to split over t, h, w")
+        if self.gelu not in GELUS or self.qk_norm_span not in QK_NORM_SPANS:
+            raise VideoditError(f"DiTConfig: gelu {self.gelu!r} must be one of {GELUS}, qk_norm_span "
+                                f"{self.qk_norm_span!r} one of {QK_NORM_SPANS}")
         if len(self.patch) != 3 or min(self.patch) < 1:
             raise VideoditError(f"DiTConfig: patch {self.patch} must be three positive ints (pt, ph, pw)")
 
     @property
     def head_dim(self) -> int:
         return self.dim // self.heads
+
+    @property
+    def qk_gain_shape(self) -> tuple[int, ...]:
+        return (self.head_dim,) if self.qk_norm_span == "head" else (self.heads, self.head_dim)
+
+    def gelu_module(self) -> nn.GELU:
+        return nn.GELU(approximate="none" if self.gelu == "exact" else "tanh")
 
     @staticmethod
     def preset(name: str, **changes) -> DiTConfig:
@@ -128,8 +151,15 @@ def inv_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.rsqrt(norm.square() / x.shape[-1] + eps).to(x.dtype)
 
 
+def qk_inv_rms(x: torch.Tensor, span: str, eps: float) -> torch.Tensor:
+    """x (B, N, heads, head_dim) -> 1 / rms over each head's channels (B, N, heads, 1), or over all
+    heads' channels at once (B, N, 1, 1); see DiTConfig.qk_norm_span."""
+    return inv_rms(x, eps) if span == "head" else inv_rms(x.flatten(-2), eps)[..., None]  # (B, N, 1, 1)
+
+
 def fold_gain(cos: torch.Tensor, sin: torch.Tensor, gain: torch.Tensor):
-    """RoPE tables that also multiply by a per-channel gain: rope(x * gain) = x*cos' + roll(x)*sin'."""
+    """RoPE tables that also multiply by a per-channel gain: rope(x * gain) = x*cos' + roll(x)*sin'.
+    gain (head_dim,) or per head (heads, head_dim); the tables broadcast to (N, heads, head_dim)."""
     g = gain.to(cos.dtype)
     return cos * g, sin * g.roll(g.shape[-1] // 2, dims=-1)
 
@@ -195,23 +225,101 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing:
     return out.view(1, -1, heads * d)  # (1, N, heads * d)
 
 
+class SequenceParallel(NamedTuple):
+    """Ulysses sequence parallelism (Jacobs et al. 2023, DeepSpeed-Ulysses): the ``size`` ranks
+    of ``group`` run the same clips, each holding 1/size of every frame's tokens (a contiguous run
+    of the frame's h x w positions). Everything but self-attention is per token; self-attention
+    trades token slices for head groups with one all-to-all, attends over the whole sequence for
+    heads/size heads, and trades back (``ulysses_attention``). Set with
+    ``enable_sequence_parallel``; None (the default) is the single-rank model."""
+
+    group: object  # torch.distributed ProcessGroup
+    rank: int
+    size: int
+
+
+class _AllToAll(torch.autograd.Function):
+    """x (size, ...): chunk i goes to rank i, chunk j of the result came from rank j. Its own
+    adjoint, so the backward is the same exchange."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        out = torch.empty_like(x)
+        torch.distributed.all_to_all_single(out, x.contiguous(), group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        out = torch.empty_like(grad)
+        torch.distributed.all_to_all_single(out, grad.contiguous(), group=ctx.group)
+        return out, None
+
+
+class _GatherTokens(torch.autograd.Function):
+    """(B, Tp, S/size, d) slices -> (B, Tp, S, d) on every rank of the group. Backward: this rank's
+    slice of the gradient, times ``size``: the ranks of a group compute the same loss from the same
+    gathered output, and data-parallel averaging divides by the world size, which counts them too."""
+
+    @staticmethod
+    def forward(ctx, x, sp):
+        ctx.sp, ctx.n = sp, x.shape[2]
+        parts = [torch.empty_like(x) for _ in range(sp.size)]
+        torch.distributed.all_gather(parts, x.contiguous(), group=sp.group)
+        return torch.cat(parts, dim=2)  # (B, Tp, S, d)
+
+    @staticmethod
+    def backward(ctx, grad):
+        lo = ctx.sp.rank * ctx.n
+        return grad[:, :, lo:lo + ctx.n] * ctx.sp.size, None
+
+
+def ulysses_attention(q, k, v, sp: SequenceParallel, scale: float | None) -> torch.Tensor:
+    """Self-attention over a sequence split across ``sp``'s ranks. q, k, v (B, n, heads, d): this
+    rank's n tokens, RoPE applied. Returns (B, n, heads, d), as if one rank held all tokens."""
+    B, n, H, d = q.shape
+    g = H // sp.size
+
+    def to_heads(x):  # (B, n, H, d) -> (B, H/size, size * n, d): every token, this rank's head group
+        x = x.reshape(B, n, sp.size, g, d).permute(2, 0, 3, 1, 4)  # (size, B, g, n, d): head group i -> rank i
+        x = _AllToAll.apply(x, sp.group)  # (size, B, g, n, d): chunk j = rank j's tokens
+        return x.permute(1, 2, 0, 3, 4).reshape(B, g, sp.size * n, d)  # (B, g, N, d), rank-major tokens
+
+    # Attention is equivariant in the query order and invariant in the key order, so the
+    # rank-major token order needs no reordering: the exchange back undoes it.
+    o = attention(to_heads(q), to_heads(k), to_heads(v), scale=scale)  # (B, g, N, d)
+    o = o.reshape(B, g, sp.size, n, d).permute(2, 0, 3, 1, 4)  # (size, B, n, g, d): rank j's tokens -> rank j
+    o = _AllToAll.apply(o, sp.group)  # (size, B, n, g, d): chunk i = head group i
+    return o.permute(1, 2, 0, 3, 4).reshape(B, n, H, d)  # (B, n, heads, d)
+
+
+def enable_sequence_parallel(dit: "DiT", sp: SequenceParallel | None) -> None:
+    """Run ``dit``'s forward sequence-parallel over ``sp`` (None: back to one rank). Every rank of
+    the group passes the same inputs and gets the whole output."""
+    dit.sp = sp
+    for block in dit.blocks:
+        block.self_attn.sp = sp
+
+
 class TextKV(NamedTuple):
     """Per-block cross-attention keys/values, computed once per prompt batch by ``DiT.text_kv``."""
 
     kv: list[tuple[torch.Tensor, torch.Tensor]]  # per block: k, v (B, heads, L + 1, head_dim)
     mask: torch.Tensor  # (B, 1, 1, L + 1) bool, True = attend; the last key is the null token
+    # (L keys, no null token, when DiTConfig.null_text is off)
 
 
 class SelfAttention(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         self.heads, self.head_dim = cfg.heads, cfg.head_dim
-        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
-        self.qk_norm, self.eps = cfg.qk_norm, cfg.norm_eps
-        # QK-norm (RMSNorm per head) gains; RMSNorm(x) = x * inv_rms(x) * gain.
-        self.q_gain = nn.Parameter(torch.ones(cfg.head_dim)) if cfg.qk_norm else None
-        self.k_gain = nn.Parameter(torch.ones(cfg.head_dim)) if cfg.qk_norm else None
-        self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=cfg.bias)
+        self.qk_norm, self.span, self.eps = cfg.qk_norm, cfg.qk_norm_span, cfg.norm_eps
+        # QK-norm (RMSNorm per head, or across heads) gains; RMSNorm(x) = x * inv_rms(x) * gain.
+        self.q_gain = nn.Parameter(torch.ones(cfg.qk_gain_shape)) if cfg.qk_norm else None
+        self.k_gain = nn.Parameter(torch.ones(cfg.qk_gain_shape)) if cfg.qk_norm else None
+        self.out = nn.Linear(cfg.dim, cfg.dim, bias=cfg.bias)
+        self.sp: SequenceParallel | None = None  # enable_sequence_parallel
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 packing: Packing | None = None) -> torch.Tensor:
@@ -222,13 +330,15 @@ class SelfAttention(nn.Module):
             # rope(RMSNorm(q)): the per-channel gain rides in the RoPE tables and the per-(token,
             # head) 1/rms is a scalar that commutes with the rotation, as does the softmax scale:
             # three passes fewer over q and k.
-            q = apply_rope(q * (inv_rms(q, self.eps) * self.head_dim ** -0.5), *fold_gain(*rope, self.q_gain))
-            k = apply_rope(k * inv_rms(k, self.eps), *fold_gain(*rope, self.k_gain))
+            q = apply_rope(q * (qk_inv_rms(q, self.span, self.eps) * self.head_dim ** -0.5), *fold_gain(*rope, self.q_gain))
+            k = apply_rope(k * qk_inv_rms(k, self.span, self.eps), *fold_gain(*rope, self.k_gain))
             scale = 1.0
         else:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if packing is not None:
             return self.out(packed_attention(q, k, v, packing, scale=scale))
+        if self.sp is not None:
+            return self.out(ulysses_attention(q, k, v, self.sp, scale).reshape(B, N, D))
         o = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale)  # (B, heads, N, hd)
         return self.out(o.transpose(1, 2).reshape(B, N, D))
 
@@ -237,12 +347,12 @@ class CrossAttention(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         self.heads, self.head_dim = cfg.heads, cfg.head_dim
-        self.q = nn.Linear(cfg.dim, cfg.dim, bias=False)
-        self.kv = nn.Linear(cfg.dim, 2 * cfg.dim, bias=False)
-        self.qk_norm, self.eps = cfg.qk_norm, cfg.norm_eps
-        self.q_gain = nn.Parameter(torch.ones(cfg.head_dim)) if cfg.qk_norm else None
-        self.k_gain = nn.Parameter(torch.ones(cfg.head_dim)) if cfg.qk_norm else None
-        self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.q = nn.Linear(cfg.dim, cfg.dim, bias=cfg.bias)
+        self.kv = nn.Linear(cfg.dim, 2 * cfg.dim, bias=cfg.bias)
+        self.qk_norm, self.span, self.eps = cfg.qk_norm, cfg.qk_norm_span, cfg.norm_eps
+        self.q_gain = nn.Parameter(torch.ones(cfg.qk_gain_shape)) if cfg.qk_norm else None
+        self.k_gain = nn.Parameter(torch.ones(cfg.qk_gain_shape)) if cfg.qk_norm else None
+        self.out = nn.Linear(cfg.dim, cfg.dim, bias=cfg.bias)
 
     def text_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, L, D = context.shape
@@ -250,7 +360,7 @@ class CrossAttention(nn.Module):
         if self.qk_norm:
             # q.k sums q_i k_i per channel, so the query's RMSNorm gain can live on the (short,
             # computed once) text keys next to their own.
-            k = k * inv_rms(k, self.eps) * (self.k_gain * self.q_gain).to(k.dtype)
+            k = k * qk_inv_rms(k, self.span, self.eps) * (self.k_gain * self.q_gain).to(k.dtype)
         return k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, L, hd)
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor,
@@ -260,7 +370,7 @@ class CrossAttention(nn.Module):
         scale = None
         if self.qk_norm:
             # Its gain is folded into the keys (text_kv), the softmax scale into the 1/rms factor.
-            q = q * (inv_rms(q, self.eps) * self.head_dim ** -0.5)
+            q = q * (qk_inv_rms(q, self.span, self.eps) * self.head_dim ** -0.5)
             scale = 1.0
         if packing is not None:  # each clip attends to its own prompt only
             return self.out(packed_attention(q, *kv, packing, mask, scale))
@@ -283,8 +393,8 @@ class Block(nn.Module):
         self.cross_attn = CrossAttention(cfg)
         hidden = int(cfg.dim * cfg.mlp_ratio)
         # Exact (erf) GELU: the tanh approximation is ~5x slower on CPU and buys nothing here.
-        self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden, bias=False), nn.GELU(),
-                                 nn.Linear(hidden, cfg.dim, bias=False))
+        self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden, bias=cfg.bias), cfg.gelu_module(),
+                                 nn.Linear(hidden, cfg.dim, bias=cfg.bias))
         # Learned per-block offset added to the shared time modulation (adaLN-single, PixArt-alpha).
         self.modulation = nn.Parameter(torch.zeros(6, cfg.dim))
 
@@ -312,14 +422,15 @@ class DiT(nn.Module):
         pt, ph, pw = cfg.patch
         self.patch_dim = cfg.in_channels * pt * ph * pw
         self.patch_embed = nn.Linear(self.patch_dim, cfg.dim)
-        self.text_embed = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim))
-        self.null_text = nn.Parameter(torch.zeros(cfg.dim))
+        self.text_embed = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), cfg.gelu_module(), nn.Linear(cfg.dim, cfg.dim))
+        self.null_text = nn.Parameter(torch.zeros(cfg.dim)) if cfg.null_text else None
         self.time_embed = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
         self.time_proj = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))  # shared by all blocks
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.head_modulation = nn.Parameter(torch.zeros(2, cfg.dim))
         self.head = nn.Linear(cfg.dim, self.patch_dim)
         self._rope_cache: dict = {}
+        self.sp: SequenceParallel | None = None  # enable_sequence_parallel
         self.init_weights()
 
     def init_weights(self):
@@ -333,7 +444,8 @@ class DiT(nn.Module):
         for m in self.time_embed:
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)
-        nn.init.normal_(self.null_text, std=0.02)
+        if self.null_text is not None:
+            nn.init.normal_(self.null_text, std=0.02)
         zero = [self.time_proj[1], self.head]
         zero += [b.cross_attn.out for b in self.blocks]  # PixArt-alpha: cross-attention starts silent
         for m in zero:
@@ -360,11 +472,13 @@ class DiT(nn.Module):
             raise VideoditError(f"DiT text: expected text (B, L, {self.config.text_dim}) and mask (B, L), "
                                 f"got {tuple(text.shape)} and {tuple(text_mask.shape)}")
         context = self.text_embed(text)  # (B, L, D)
-        null = self.null_text.to(context.dtype).expand(B, 1, -1)  # (B, 1, D)
-        context = torch.cat([context, null], dim=1)  # (B, L + 1, D)
-        keep = torch.cat([text_mask.bool(), text_mask.new_ones(B, 1, dtype=torch.bool)], dim=1)  # (B, L + 1)
+        keep = text_mask.bool()
+        if self.null_text is not None:
+            null = self.null_text.to(context.dtype).expand(B, 1, -1)  # (B, 1, D)
+            context = torch.cat([context, null], dim=1)  # (B, L + 1, D)
+            keep = torch.cat([keep, text_mask.new_ones(B, 1, dtype=torch.bool)], dim=1)  # (B, L + 1)
         kv = [b.cross_attn.text_kv(context) for b in self.blocks]
-        return TextKV(kv, keep[:, None, None, :])  # mask (B, 1, 1, L + 1)
+        return TextKV(kv, keep[:, None, None, :])  # mask (B, 1, 1, L + 1), or (B, 1, 1, L) without the null token
 
     def _patchify(self, x: torch.Tensor, t: torch.Tensor):
         """Checked x (B, c, T, h, w), t (B, T) or (B,) -> patches (B, Tp, S, c*pt*ph*pw), timesteps
@@ -429,13 +543,20 @@ class DiT(nn.Module):
             temb = self.time_embed(timestep_sinusoid(t_frames, cfg.freq_dim))  # (B, Tp, D)
             mod = self.time_proj(temb).view(B, Tp, 1, 6, cfg.dim)  # (B, Tp, 1, 6, D)
 
-        h = self.patch_embed(patches).float()  # (B, Tp, S, D) fp32 residual stream
         rope = self.rope(grid, x.device, self._compute_dtype(x))
+        if self.sp is not None:  # this rank's run of every frame's tokens, and their RoPE rows
+            S, n = patches.shape[2], patches.shape[2] // self.sp.size
+            lo = self.sp.rank * n
+            patches = patches[:, :, lo:lo + n]  # (B, Tp, S/size, c*pt*ph*pw)
+            rope = tuple(r.view(Tp, S, *r.shape[1:])[:, lo:lo + n].flatten(0, 1) for r in rope)  # (Tp*n, 1, hd)
+        h = self.patch_embed(patches).float()  # (B, Tp, S, D) fp32 residual stream
         for block, kv in zip(self.blocks, text_kv.kv):
             h = block(h, mod, rope, kv, text_kv.mask)
 
         with torch.autocast(x.device.type, enabled=False):
             out = self._head(h, temb[:, :, None, :])  # (B, Tp, S, c*pt*ph*pw)
+        if self.sp is not None:
+            out = _GatherTokens.apply(out, self.sp)  # (B, Tp, S, c*pt*ph*pw)
         return self._unpatchify(out, x.shape)
 
     def forward_packed(self, xs: list[torch.Tensor], ts: list[torch.Tensor], text: torch.Tensor | None = None,
@@ -505,4 +626,6 @@ PRESETS: dict[str, DiTConfig] = {
     "b": DiTConfig(dim=768, depth=12, heads=12),
     "l": DiTConfig(dim=1024, depth=24, heads=16),
     "xl": DiTConfig(dim=1536, depth=28, heads=24),
+    # Wan 2.1 T2V-1.3B (Apache-2.0), loaded from its diffusers folder by videodit/interop/wan.py.
+    "wan-1.3b": DiTConfig(dim=1536, depth=30, heads=12, mlp_ratio=8960 / 1536, text_dim=4096, bias=True, gelu="tanh", qk_norm_span="all", null_text=False),
 }

@@ -102,11 +102,17 @@ class Pipeline:
                                 "docs/STATUS.md); pass --model PATH with a bundle made by `videodit train`")
         if not path.exists():
             raise VideoditError(f"{path}: model bundle not found")
-        config = _read_bundle_config(path)
         if torch.device(device).type == "cpu":
             use_cpu_threads()
-        vae = VideoVAE.from_pretrained(path / "vae", device=device)
-        dit = load_dit(path / "dit", device=device)
+        from videodit.interop import wan
+
+        if wan.is_wan_folder(path):  # Wan 2.1 in diffusers' layout (docs/WAN.md)
+            vae, dit, fields = wan.load(path, device)
+            config = BundleConfig(**fields)
+        else:
+            config = _read_bundle_config(path)
+            vae = VideoVAE.from_pretrained(path / "vae", device=device)
+            dit = load_dit(path / "dit", device=device)
         if lora is not None:
             load_lora(dit, lora, scale=lora_scale)
         return cls(vae, dit, TextEncoder(config.text, device=device), config)
@@ -182,7 +188,8 @@ class Pipeline:
         c, T, h, w = self.latent_shape(frames, size)
         self.check_memory(len(prompts), frames, size, sampler.guidance)
         text, mask = self.encode_prompts(prompts)
-        neg = self.encode_prompts([negative]) if negative else None
+        # An encoder with pad_to (Wan) encodes "" like any prompt: its DiT has no null token.
+        neg = self.encode_prompts([negative]) if negative or self.text.config.pad_to else None
         return generate(self.dit, text, mask, (len(prompts), c, T, h, w), sampler, negative=neg, cond=cond,
                         start=start, start_time=start_time, on_step=on_step)
 

@@ -15,7 +15,9 @@ Unconditional convention (used by sampling's classifier-free guidance AND by cap
 training, which must take the same path): the empty prompt "" encodes to zero tokens with an
 all-False mask. The DiT never sees a fully masked key set because it always appends its own
 learned null token to the text keys (see ``videodit.dit``), so "no text" is a learned embedding
-reached through the mask, not a special case.
+reached through the mask, not a special case. A model trained otherwise sets ``pad_to``: Wan 2.1
+(videodit/interop/wan.py) encodes "" like any prompt and sees every prompt as 512 attended tokens,
+its embedding followed by zeros; its DiT has no null token (DiTConfig.null_text).
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ class TextEncoderConfig:
         "help": "tokens per prompt including special tokens; longer prompts are truncated with a warning"})
     dtype: str = field(default="float32", metadata={"help": "encoder weights: float32 or bfloat16"})
     cache_size: int = field(default=4096, metadata={"help": "prompts kept in the LRU embedding cache"})
+    tokenizer: str = field(default="", metadata={
+        "help": "a folder holding the tokenizer, when it is not the model's folder (diffusers' layout keeps "
+                "tokenizer/ next to text_encoder/); empty = the model's folder"})
+    pad_to: int = field(default=0, metadata={
+        "help": "0: the convention above (the empty prompt is zero tokens; a batch is padded with masked "
+                "zeros). N >= max_length: every prompt, the empty one too, is encoded and zero-padded to N "
+                "tokens that are all attended to, as Wan 2.1 was trained (N = 512)", "min": 0})
 
 
 def bundled_model_dir() -> Path:
@@ -147,20 +156,20 @@ def _load_bert(folder: Path, cfg: dict, dtype: torch.dtype):
     return _Tokenizer(folder / "tokenizer.json"), model.to(dtype).eval()
 
 
-def _load(folder: Path, dtype: torch.dtype):
+def _load(folder: Path, dtype: torch.dtype, tokenizer_folder: Path):
     """Tokenizer and the encoder half of whatever model type the folder holds."""
     try:
         cfg = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
         cfg = {}
-    if BertEncoder.fits(cfg) and (folder / "tokenizer.json").is_file() and (folder / "model.safetensors").is_file():
+    if BertEncoder.fits(cfg) and tokenizer_folder == folder and (folder / "tokenizer.json").is_file() and (folder / "model.safetensors").is_file():
         return _load_bert(folder, cfg, dtype)
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # a 0.1 s load needs no bar on stderr
     try:
         hf_config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_folder, local_files_only=True)
         # AutoModel would build the full encoder-decoder for T5 and the two-tower CLIPModel; the
         # DiT needs only the text encoder. Class names, not classes: each attribute access imports
         # its model family (~0.3 s for these four).
@@ -185,13 +194,18 @@ class TextEncoder:
             raise VideoditError(f"text encoder dtype {config.dtype!r}: expected one of {sorted(DTYPES)}")
         if config.max_length < 2:
             raise VideoditError(f"text encoder max_length {config.max_length}: must be >= 2")
+        if config.pad_to and config.pad_to < config.max_length:
+            raise VideoditError(f"text encoder pad_to {config.pad_to}: must be 0 or >= max_length {config.max_length}")
         folder = bundled_model_dir() if config.model == BUNDLED else Path(config.model)
         if not folder.is_dir():
             raise VideoditError(f"text encoder {config.model!r}: not a folder; use '{BUNDLED}' or a local "
                                 "Hugging Face model folder")
         self.config = config
         self.device = torch.device(device)
-        self.tokenizer, self.model = _load(folder, DTYPES[config.dtype])
+        tokenizer_folder = Path(config.tokenizer) if config.tokenizer else folder
+        if not tokenizer_folder.is_dir():
+            raise VideoditError(f"text encoder tokenizer {config.tokenizer!r}: not a folder")
+        self.tokenizer, self.model = _load(folder, DTYPES[config.dtype], tokenizer_folder)
         self.model.to(self.device)
         self.dim: int = self.model.config.hidden_size
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()  # prompt -> (L_i, D) float32
@@ -211,10 +225,11 @@ class TextEncoder:
             self._cache.popitem(last=False)
 
         # Pad to the longest prompt in this batch (at least one slot so shapes stay valid when
-        # every prompt is empty); padded slots are zero and masked out.
-        length = max(1, max(t.shape[0] for t in per_prompt))
+        # every prompt is empty); padded slots are zero and masked out. With pad_to, to pad_to
+        # zero slots that count as text.
+        length = self.config.pad_to or max(1, max(t.shape[0] for t in per_prompt))
         tokens = torch.zeros(len(prompts), length, self.dim, device=self.device)
-        mask = torch.zeros(len(prompts), length, dtype=torch.bool, device=self.device)
+        mask = torch.full((len(prompts), length), bool(self.config.pad_to), device=self.device)
         for i, t in enumerate(per_prompt):
             tokens[i, : t.shape[0]] = t
             mask[i, : t.shape[0]] = True
@@ -226,7 +241,7 @@ class TextEncoder:
     @torch.no_grad()
     def _encode_uncached(self, prompts: list[str]) -> list[torch.Tensor]:
         """Unique prompts -> list of (L_i, D) float32 embeddings (L_i = 0 for the empty prompt)."""
-        texts = [p for p in prompts if p]
+        texts = [p for p in prompts if p or self.config.pad_to]  # padded encoders encode "" too
         out: dict[str, torch.Tensor] = {"": torch.zeros(0, self.dim, device=self.device)}
         if not texts:
             return [out[p] for p in prompts]
