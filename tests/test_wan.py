@@ -234,3 +234,82 @@ def test_image_to_video_transformer_is_refused(folder, tmp_path):
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(VideoditError, match="image_dim"):
         Pipeline.load(copy)
+
+
+# ----------------------------------------------------------------------------- every mode, LoRA, CLI
+
+PROMPT = SENTENCES[0]
+
+
+@pytest.fixture(scope="module")
+def small(pipe):
+    """The Wan pipeline with defaults fit for the tiny model: 9-frame windows at 48x32, 1 step."""
+    import dataclasses
+
+    config = dataclasses.replace(pipe.config, size=SIZE, frames=9, sampler=_sampler(steps=1))
+    return Pipeline(pipe.vae, pipe.dit, pipe.text, config)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    frames = np.zeros((7, 32, 48, 3), np.uint8)
+    for f in range(7):
+        frames[f, 12:20, 4 + 3 * f: 12 + 3 * f] = (220, 40, 40)
+    return frames
+
+
+def test_every_prompting_mode_runs_on_wan(small, clip):
+    from videodit import prompting
+
+    runs = {
+        "animate": (prompting.animate(small, PROMPT, clip[0]), 9),
+        "two images": (prompting.animate(small, PROMPT, clip[0], clip[-1]), 9),
+        "forward": (prompting.extend(small, PROMPT, clip, "forward", new_frames=6), 13),
+        "backward": (prompting.extend(small, PROMPT, clip, "backward", new_frames=6), 13),
+        "connect": (prompting.connect(small, PROMPT, clip, clip[:1]), 7 + 4 + 1),
+        "loop": (prompting.loop(small, PROMPT, frames=13), 13),
+        "edit": (prompting.edit(small, PROMPT, clip, 0.5), 7),
+        "long video": (prompting.long_video(small, PROMPT, 17), 17),
+    }
+    for name, (video, frames) in runs.items():
+        assert video.shape == (frames, 32, 48, 3) and video.dtype == np.uint8, name
+    assert (runs["forward"][0][:7] == clip).all()  # the extended clip is kept as it was
+
+
+def test_lora_on_the_wan_dit_trains_saves_and_loads(folder, small, tmp_path):
+    from videodit import flow
+    from videodit.lora import LoRAConfig, add_lora, lora_state_dict, save_lora
+
+    dit = wan.load_dit(folder / "transformer")
+    cfg = LoRAConfig(rank=2)
+    add_lora(dit, cfg)
+    dit.train()
+    trained = {n: p for n, p in dit.named_parameters() if p.requires_grad}
+    assert trained and trained.keys() == lora_state_dict(dit).keys()  # the base stays frozen
+    opt = torch.optim.AdamW(trained.values(), lr=1e-2)
+    g = torch.Generator().manual_seed(5)
+    x0, noise = torch.randn(2, Z, 2, 4, 6, generator=g), torch.randn(2, Z, 2, 4, 6, generator=g)
+    text, mask = small.text.encode([PROMPT, SENTENCES[1]])
+    for _ in range(2):
+        x_t, v = flow.interpolate(x0, noise, torch.tensor([0.3, 0.8]))
+        loss = flow.flow_loss(dit(x_t, torch.tensor([0.3, 0.8]), text, mask), v)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.isfinite(loss)
+    adapter = save_lora(dit, cfg, tmp_path / "adapter")
+    with_lora = Pipeline.load(folder, lora=adapter)
+    base = small(PROMPT, frames=5, seed=1)
+    tuned = Pipeline(with_lora.vae, with_lora.dit, with_lora.text, small.config)(PROMPT, frames=5, seed=1)
+    assert tuned.shape == base.shape and not (tuned == base).all()
+
+
+def test_cli_generates_from_a_wan_folder(folder, tmp_path):
+    from videodit.cli import main
+    from videodit.video import read_video
+
+    out = tmp_path / "wan.mp4"
+    argv = ["generate", PROMPT, "--model", str(folder), "--steps", "1", "--frames", "5", "--size", "48x32", "-o", str(out)]
+    assert main(argv) == 0
+    video = read_video(out)
+    assert video.frames.shape == (5, 32, 48, 3) and video.fps == wan.FPS
