@@ -245,14 +245,16 @@ class _AllToAll(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, group):
         ctx.group = group
+        x = x.contiguous()  # (empty_like keeps a permuted tensor's strides; the exchange wants rows)
         out = torch.empty_like(x)
-        torch.distributed.all_to_all_single(out, x.contiguous(), group=group)
+        torch.distributed.all_to_all_single(out, x, group=group)
         return out
 
     @staticmethod
     def backward(ctx, grad):
+        grad = grad.contiguous()
         out = torch.empty_like(grad)
-        torch.distributed.all_to_all_single(out, grad.contiguous(), group=ctx.group)
+        torch.distributed.all_to_all_single(out, grad, group=ctx.group)
         return out, None
 
 
@@ -264,8 +266,9 @@ class _GatherTokens(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, sp):
         ctx.sp, ctx.n = sp, x.shape[2]
+        x = x.contiguous()
         parts = [torch.empty_like(x) for _ in range(sp.size)]
-        torch.distributed.all_gather(parts, x.contiguous(), group=sp.group)
+        torch.distributed.all_gather(parts, x, group=sp.group)
         return torch.cat(parts, dim=2)  # (B, Tp, S, d)
 
     @staticmethod

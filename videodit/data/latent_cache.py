@@ -26,7 +26,9 @@ def load_or_build(path: Path, key: dict, batches: Iterable[dict], clips: int,
                   encode_text: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]],
                   progress: bool = True) -> dict:
     """The cache at ``path`` if it was built from ``key``, else a new one of about ``clips``
-    clips from ``batches`` ({"video", "caption", "bucket"} dicts), written atomically."""
+    clips from ``batches`` ({"video", "caption", "bucket"} dicts), written atomically. Under
+    several processes each batch is a rank's slice of a global batch whose size is its "clips":
+    ``clips`` counts global clips, so every rank caches the slices of the same global batches."""
     cache = torch.load(path, weights_only=True) if path.exists() else None
     if cache is not None and cache["key"] == key:
         return cache
@@ -41,7 +43,7 @@ def load_or_build(path: Path, key: dict, batches: Iterable[dict], clips: int,
             tokens, mask = encode_text(batch["caption"])
             cache["tokens"].append(tokens.to("cpu", torch.bfloat16))
             cache["masks"].append(mask.cpu())
-            bar.update(len(batch["caption"]))
+            bar.update(batch.get("clips", len(batch["caption"])))
     tmp = path.with_name(path.name + ".tmp")
     torch.save(cache, tmp)
     os.replace(tmp, path)
@@ -51,7 +53,8 @@ def load_or_build(path: Path, key: dict, batches: Iterable[dict], clips: int,
 def epoch_batches(cache: dict, step: int, seed: int, rank: int, device: torch.device) -> Iterator[tuple]:
     """(latents fp32, captions, bucket, (tokens fp32, mask)) for every batch from batch ``step``
     on: epoch e visits the cached batches in a permutation seeded by (seed, e, rank), so the batch
-    of a step does not depend on where a run resumed."""
+    of a step does not depend on where a run resumed. The trainer passes rank 0 on every rank: its
+    ranks cache slices of the same global batches and visit them in the same order."""
     n_batches = len(cache["latents"])
     while True:
         epoch, i = divmod(step, n_batches)

@@ -6,11 +6,16 @@ latent cache (videodit/data/latent_cache.py):
     (latents fp32 (B, c, T, h, w) on device, captions [str] * B, bucket "WxHxF",
      (tokens fp32 (B, L, D), mask bool (B, L)))  -- L = the longest caption of the batch.
 
-Batches: sample j belongs to rank j % world. Epoch e shuffles each bucket's samples of this rank
-with a generator seeded by (seed, e, rank), cuts them into batches of ``batch_size`` (a bucket's
-last batch may be smaller: a bucket with fewer samples than a batch still trains) and shuffles
-the batches of all buckets together. Every epoch has the same number of batches, so the batch of
-step s is a pure function of (cache, batch_size, seed, rank, world, s), wherever a run resumed.
+Batches: ``batch_size`` is the global batch. Epoch e shuffles each bucket's samples with a
+generator seeded by (seed, e), cuts them into batches of ``batch_size`` (a bucket's last batch may
+be smaller: a bucket with fewer samples than a batch still trains) and shuffles the batches of all
+buckets together; rank r of ``world`` reads its slice of every batch
+(videodit.train.distributed.batch_slice), so each sample is read once per epoch by one rank and
+the global batch of a step does not depend on the number of processes. Under ``world`` > 1 a
+bucket's last batch with fewer than ``world`` samples joins the batch before it (each rank needs
+one), which is then the only difference from one process. Every epoch has the same number of
+batches, so the batch of step s is a pure function of (cache, batch_size, seed, rank, world, s),
+wherever a run resumed.
 """
 
 from __future__ import annotations
@@ -84,47 +89,53 @@ class PreparedData:
         handle, _ = self._files[s["shard"]]
         return handle.get_tensor(f"latent.{s['key']}"), s["caption"], handle.get_tensor(f"text.{s['key']}")
 
-    def _rank_buckets(self, rank: int, world: int) -> dict[str, list[int]]:
-        if not 0 <= rank < world:
-            raise VideoditError(f"rank {rank}: must be in [0, {world})")
-        mine: dict[str, list[int]] = {}
-        for j in range(rank, len(self.samples), world):
-            mine.setdefault(self.samples[j]["bucket"], []).append(j)
-        if not mine:
-            raise VideoditError(f"{self.dir}: {len(self.samples)} samples cannot give each of {world} processes one")
-        return mine
+    def _bucket_ids(self, world: int) -> dict[str, list[int]]:
+        ids: dict[str, list[int]] = {}
+        for j, sample in enumerate(self.samples):
+            ids.setdefault(sample["bucket"], []).append(j)
+        small = sorted(b for b, v in ids.items() if len(v) < world)
+        if small:
+            raise VideoditError(f"{self.dir}: bucket(s) {', '.join(small)} hold fewer samples than the {world} "
+                                "data-parallel processes: each needs one")
+        return ids
 
     def describe(self, batch_size: int, world: int = 1) -> str:
         """Buckets, their sample counts and batch sizes: the lines a trainer prints."""
         lines = [f"prepared data {self.dir}: {len(self)} samples"]
-        first_rank = self._rank_buckets(0, world)
         for bucket, n in sorted(self.buckets.items()):
-            per_rank = len(first_rank.get(bucket, ()))
-            note = (f", {per_rank} per process, fewer than a batch of {batch_size}: trains in smaller batches"
-                    if per_rank < batch_size else "")
+            note = f", fewer than a batch of {batch_size}: trains in smaller batches" if n < batch_size else ""
             lines.append(f"  {bucket}: {n} samples{note}")
         return "\n".join(lines)
 
-    def epoch(self, epoch: int, batch_size: int, seed: int, rank: int, world: int) -> list[list[int]]:
-        """Epoch ``epoch``'s batches for this rank, as lists of sample indices (one bucket each)."""
+    def epoch(self, epoch: int, batch_size: int, seed: int, world: int = 1) -> list[list[int]]:
+        """Epoch ``epoch``'s global batches, as lists of sample indices (one bucket each)."""
         if batch_size < 1:
             raise VideoditError(f"batch_size {batch_size}: must be >= 1")
-        gen = torch.Generator().manual_seed((seed * 7919 + epoch) * 4096 + rank)
+        gen = torch.Generator().manual_seed((seed * 7919 + epoch) * 4096)
         batches = []
-        for bucket, ids in sorted(self._rank_buckets(rank, world).items()):
+        for bucket, ids in sorted(self._bucket_ids(world).items()):
             order = [ids[int(i)] for i in torch.randperm(len(ids), generator=gen)]
-            batches += [order[a:a + batch_size] for a in range(0, len(order), batch_size)]
+            cut = [order[a:a + batch_size] for a in range(0, len(order), batch_size)]
+            if len(cut) > 1 and len(cut[-1]) < world:
+                cut[-2:] = [cut[-2] + cut[-1]]
+            batches += cut
         return [batches[int(i)] for i in torch.randperm(len(batches), generator=gen)]
 
     def batches(self, step: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
                 device: str | torch.device = "cpu") -> Iterator[tuple]:
-        """Training batches from batch ``step`` on, forever (see the module docstring)."""
-        per_epoch = len(self.epoch(0, batch_size, seed, rank, world))
+        """Rank ``rank``'s slice of every global batch from batch ``step`` on, forever (see the
+        module docstring)."""
+        from videodit.train.distributed import batch_slice
+
+        if not 0 <= rank < world:
+            raise VideoditError(f"rank {rank}: must be in [0, {world})")
+        per_epoch = len(self.epoch(0, batch_size, seed, world))
         epoch, i = divmod(step, per_epoch)
         while True:
-            batches = self.epoch(epoch, batch_size, seed, rank, world)
+            batches = self.epoch(epoch, batch_size, seed, world)
             for ids in batches[i:]:
-                yield self._collate(ids, device)
+                lo, hi = batch_slice(len(ids), rank, world)
+                yield self._collate(ids[lo:hi], device)
             epoch, i = epoch + 1, 0
 
     def _collate(self, ids: list[int], device) -> tuple:

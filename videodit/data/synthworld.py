@@ -9,7 +9,10 @@ Each global index i is one sample, a pure function of (config, i):
 
 Sharding: blocks are dealt round-robin to (rank, DataLoader worker) pairs, rank from
 torch.distributed when it is initialised. With ``batch_size`` a multiple of ``block`` every batch
-has one shape.
+has one shape. Trainers instead give a ``part`` (rank, ranks): every global batch is the same
+samples whatever the number of ranks, and a rank reads only its slice of each
+(videodit.train.distributed.batch_slice); global batches are dealt round-robin to DataLoader
+workers.
 
 Resuming: a trainer passes ``start`` = the number of samples consumed so far across all ranks
 (steps x global batch size). Every sample is then produced as if the stream had never stopped
@@ -103,14 +106,25 @@ def _shard() -> tuple[int, int]:
     return rank * workers + worker, world * workers
 
 
-class SynthWorldStream(torch.utils.data.IterableDataset):
-    """Endless SynthWorld samples from ``config.start`` on, this reader's shard only."""
+def _workers() -> tuple[int, int]:
+    info = torch.utils.data.get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
 
-    def __init__(self, config: SynthWorldConfig = SynthWorldConfig()):
+
+class SynthWorldStream(torch.utils.data.IterableDataset):
+    """Endless SynthWorld samples from ``config.start`` on, this reader's shard only; or with
+    ``part`` = (rank, ranks, batch) this rank's slice of every global batch of ``batch``
+    consecutive samples (``config.start`` a multiple of ``batch``): read it in batches of the
+    slice's size."""
+
+    def __init__(self, config: SynthWorldConfig = SynthWorldConfig(), part: tuple[int, int, int] | None = None):
         super().__init__()
-        self.config = config
+        self.config, self.part = config, part
 
     def __iter__(self):
+        if self.part is not None:
+            yield from self._slices()
+            return
         shard, shards = _shard()
         block, start = self.config.block, self.config.start
         first = start // block
@@ -120,6 +134,18 @@ class SynthWorldStream(torch.utils.data.IterableDataset):
                 yield synthworld_item(self.config, index)
             b += shards
 
+    def _slices(self):
+        from videodit.train.distributed import batch_slice
+
+        rank, ranks, batch = self.part
+        lo, hi = batch_slice(batch, rank, ranks)
+        worker, workers = _workers()
+        g = self.config.start // batch + worker
+        while True:
+            for index in range(g * batch + lo, g * batch + hi):
+                yield synthworld_item(self.config, index)
+            g += workers
+
 
 class SynthWorldBatches(torch.utils.data.IterableDataset):
     """Endless whole batches for size buckets (use with ``DataLoader(batch_size=None)``).
@@ -128,11 +154,14 @@ class SynthWorldBatches(torch.utils.data.IterableDataset):
     the largest batch) and holds ``batch_sizes[(width, height, frames)]`` clips: samples
     b * block, b * block + 1, ... So every (size, frames) bucket has its own batch size, and a
     trainer resumes by passing ``start_batch`` = batches consumed across all ranks. Batches are
-    dealt round-robin to (rank, worker) shards.
-    Yields {"video": (B, 3, F, H, W), "caption": list of B str, "bucket": "WxHxF"}.
+    dealt round-robin to (rank, worker) shards; or with ``part`` = (rank, ranks), every batch is
+    global, read by all ranks, each taking its slice of its clips (batches dealt to workers only).
+    Yields {"video": (B, 3, F, H, W), "caption": list of B str, "bucket": "WxHxF", "clips": the
+    global batch's clip count}.
     """
 
-    def __init__(self, config: SynthWorldConfig, batch_sizes: dict[tuple[int, int, int], int], start_batch: int = 0):
+    def __init__(self, config: SynthWorldConfig, batch_sizes: dict[tuple[int, int, int], int], start_batch: int = 0,
+                 part: tuple[int, int] | None = None):
         super().__init__()
         buckets = {(w, h, f) for (w, h) in config.shapes for f in config.frames}
         missing = sorted(buckets - {k for k, n in batch_sizes.items() if n >= 1})
@@ -142,18 +171,22 @@ class SynthWorldBatches(torch.utils.data.IterableDataset):
         if max(batch_sizes[k] for k in buckets) > config.block:
             raise VideoditError(f"block {config.block}: must be at least the largest batch size "
                                 f"{max(batch_sizes[k] for k in buckets)}")
-        self.config, self.batch_sizes, self.start_batch = config, dict(batch_sizes), start_batch
+        self.config, self.batch_sizes, self.start_batch, self.part = config, dict(batch_sizes), start_batch, part
 
     def __iter__(self):
-        shard, shards = _shard()
+        from videodit.train.distributed import batch_slice
+
+        shard, shards = _shard() if self.part is None else _workers()
         b = self.start_batch + shard
         while True:
             draw = RandomDraw(seed_entropy(self.config.split, b, self.config.seed, None, _SHAPE_DRAW))
             width, height = draw.pick(self.config.shapes)  # the draw synthworld_item makes for block b
             shape = (width, height, draw.pick(self.config.frames))
-            items = [synthworld_item(self.config, b * self.config.block + i) for i in range(self.batch_sizes[shape])]
+            n = self.batch_sizes[shape]
+            lo, hi = (0, n) if self.part is None else batch_slice(n, *self.part)
+            items = [synthworld_item(self.config, b * self.config.block + i) for i in range(lo, hi)]
             yield {"video": torch.stack([it["video"] for it in items]),  # (B, 3, F, H, W)
-                   "caption": [it["caption"] for it in items], "bucket": "{}x{}x{}".format(*shape)}
+                   "caption": [it["caption"] for it in items], "bucket": "{}x{}x{}".format(*shape), "clips": n}
             b += shards
 
 

@@ -10,9 +10,13 @@ One step, per process:
   at t = 0; t ~ logit-normal, shifted for the token count; x_t = (1 - t) x0 + t eps;
   loss = |v - (eps - x0)|^2 over the frames that are not conditioning frames (videodit.flow).
 
-Every random draw of step s comes from the loop's generator for (seed, s, rank), and the data
-stream restarts at batch s x batches per step, so a resumed run is exact. Data-parallel: the same
-program under torchrun (DDP; gloo on CPU, NCCL on CUDA), each rank reading its own shard.
+Every random draw of step s comes from the loop's generator for (seed, s), and the data stream
+restarts at batch s x batches per step, so a resumed run is exact. Data-parallel: the same
+program under torchrun (DDP or FSDP2; gloo on CPU, NCCL on CUDA): --batch-size is the global
+batch, every rank draws the random numbers of the whole batch and keeps its slice's rows, and the
+loss is scaled so that the average over ranks is the mean over the global batch's counted
+elements: W processes reproduce one process's loss curve (videodit/train/distributed.py).
+Sequence parallelism (--sp N): N ranks share each clip's tokens (videodit.dit.SequenceParallel).
 
 Sequence packing (``--pack N``): a step draws N bucket batches (sizes and durations mixed) and
 the DiT runs them as one token sequence with block-diagonal attention (``DiT.forward_packed``);
@@ -43,7 +47,7 @@ from videodit.config import check_ranges, to_dict
 from videodit.data import latent_cache
 from videodit.data.buckets import Bucket, centre_square, describe_plan, plan_buckets
 from videodit.data.synthworld import SynthWorldBatches, SynthWorldConfig
-from videodit.dit import PRESETS, DiT, DiTConfig
+from videodit.dit import PRESETS, DiT, DiTConfig, SequenceParallel, enable_sequence_parallel
 from videodit.errors import VideoditError, VideoditWarning
 from videodit.data.prepared import PreparedData
 from videodit.eval.sampling import eval_prompts, sample_and_evaluate
@@ -51,7 +55,7 @@ from videodit.lora import LoRAConfig, add_lora, save_lora
 from videodit.pipeline import BUNDLED, BundleConfig, Pipeline
 from videodit.sample import SamplerConfig, check_interval
 from videodit.text import TextEncoder, TextEncoderConfig
-from videodit.train import loop
+from videodit.train import distributed, loop
 from videodit.bundle import WEIGHTS, file_sha256, load_safetensors_checked, read_bundle_config
 from videodit.vae import VideoVAE
 from videodit.world.scene import parse_size
@@ -74,7 +78,8 @@ class DiTTrainConfig:
         "help": "text encoder: the bundled 'all-minilm-l6-v2' or a local Hugging Face folder", "group": "model"})
     steps: int = field(default=20000, metadata={"help": "optimizer steps", "min": 1, "group": "run"})
     batch_size: int = field(default=16, metadata={
-        "help": "clips per step per process", "min": 1, "group": "optimisation"})
+        "help": "clips per step, in total over all processes (the global batch; each process reads its slice)",
+        "min": 1, "group": "optimisation"})
     lr: float = field(default=3e-4, metadata={"help": "peak AdamW learning rate", "min": 0, "group": "optimisation"})
     warmup_steps: int = field(default=500, metadata={
         "help": "linear warm-up, then cosine decay to lr/10", "min": 0, "group": "optimisation"})
@@ -129,8 +134,9 @@ class DiTTrainConfig:
                 "DiT tokens, so images and small clips batch more clips (0 = --batch-size for every bucket)",
         "min": 0, "group": "data"})
     latent_cache: int = field(default=0, metadata={
-        "help": "encode this many training clips once (per process; VAE latents + captions, kept in "
-                "OUT/latents-rankR.pt) and train on them in shuffled epochs; 0 = render and encode every batch",
+        "help": "encode this many training clips once (in total; VAE latents + captions, each process keeping "
+                "its slice in OUT/latents-rankR.pt) and train on them in shuffled epochs; 0 = render and encode "
+                "every batch",
         "min": 0, "group": "data"})
     max_minutes: float = field(default=0.0, metadata={
         "help": "stop cleanly (checkpoint + bundle) after this much wall time in this run; 0 = no limit",
@@ -158,6 +164,21 @@ class DiTTrainConfig:
     lora_alpha: float = field(default=0.0, metadata={
         "help": "LoRA scale numerator: updates are (alpha / rank) B A; 0 = the rank (scale 1)", "min": 0,
         "group": "fine-tuning"})
+    parallel: str = field(default="ddp", metadata={
+        "help": "under torchrun: ddp (a full copy of the model per process) or fsdp (FSDP2: weights, gradients "
+                "and optimizer state sharded per transformer block; bf16 weights in the blocks with --bf16, fp32 "
+                "gradient reduction); one process trains the plain model either way",
+        "choices": distributed.PARALLEL, "group": "scale-out"})
+    activation_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute each transformer block's activations in the backward pass (less memory, ~1/3 more "
+                "compute)", "group": "scale-out"})
+    sp: int = field(default=1, metadata={
+        "help": "sequence parallelism: this many consecutive processes share each clip, each holding 1/N of "
+                "every frame's tokens (Ulysses all-to-all over heads in self-attention); must divide the "
+                "processes, the heads and every bucket's tokens per frame", "min": 1, "group": "scale-out"})
+    dist_timeout: float = field(default=10.0, metadata={
+        "help": "minutes a collective may wait for another process (one died or hangs) before the job fails "
+                "(rerun the command to resume)", "min": 0, "min_exclusive": True, "group": "scale-out"})
 
     def check(self) -> None:
         check_ranges(self)
@@ -181,6 +202,11 @@ class DiTTrainConfig:
         for frames in self.frames:
             if (frames - 1) % 4:
                 raise VideoditError(f"--frames {frames}: must be 4k+1 (1, 5, 9, 17, 33, ...)")
+        if self.sp > 1 and self.pack:
+            raise VideoditError("--sp splits one clip's tokens; --pack (block-diagonal packed sequences) does not "
+                                "go with it")
+        if self.lora and self.parallel == "fsdp":
+            raise VideoditError("--lora trains a few adapter weights: use --parallel ddp")
         if self.pack == 1:
             raise VideoditError(f"--pack {self.pack}: give 0 (off) or the number of batches per step, >= 2")
         check_interval(self.sample_guidance_interval)
@@ -211,27 +237,32 @@ def conditioning_masks(modes: torch.Tensor, T: int, gen: torch.Generator) -> tor
 
 
 def training_inputs(latents: torch.Tensor, captions: list[str], cfg: DiTTrainConfig, gen: torch.Generator,
-                    patch: tuple[int, int, int]):
+                    patch: tuple[int, int, int], rows: tuple[int, int] | None = None):
     """Everything random about one batch, drawn on the CPU from ``gen`` (the same on every
     device). latents (B, c, T, h, w) -> (x_t, t (B, T), v target, loss mask (B, T), captions
-    with dropout applied), on the latents' device."""
+    with dropout applied), on the latents' device. ``rows`` = (first, n): the latents are rows
+    first .. first + B of a global batch of n; the draws are made for all n and sliced, so they
+    do not depend on how the global batch is split over processes."""
     B, c, T, h, w = latents.shape
-    drop = torch.rand(B, generator=gen) < cfg.caption_dropout
+    first, n = rows or (0, B)
+    mine = slice(first, first + B)
+    drop = (torch.rand(n, generator=gen) < cfg.caption_dropout)[mine]
     captions = ["" if d else cap for d, cap in zip(drop.tolist(), captions)]
     odds = torch.tensor(cfg.cond_mix, dtype=torch.float)
-    modes = torch.multinomial(odds, B, replacement=True, generator=gen)  # (B,)
-    cond = conditioning_masks(modes, T, gen)  # (B, T)
+    modes = torch.multinomial(odds, n, replacement=True, generator=gen)  # (n,)
+    cond = conditioning_masks(modes, T, gen)[mine]  # (B, T)
     shift = flow.shift_for(latents.shape, patch)
-    t = flow.shift_time(flow.logit_normal((B, 1), cfg.t_mean, cfg.t_std, generator=gen), shift)  # (B, 1)
+    t = flow.shift_time(flow.logit_normal((n, 1), cfg.t_mean, cfg.t_std, generator=gen), shift)[mine]  # (B, 1)
     t = torch.where(cond, 0.0, t.expand(B, T))  # (B, T): conditioning frames are clean
+    shape = (n, c, T, h, w)
     if latents.device.type == "cpu":
-        noise = torch.randn(latents.shape, generator=gen)
+        noise = torch.randn(shape, generator=gen)[mine]
     else:
         # Drawn on the device (host-side randn of millions of values was a GPU run's bottleneck)
-        # from a seed drawn from ``gen``: still a pure function of (seed, step, rank) per device type.
+        # from a seed drawn from ``gen``: still a pure function of (seed, step) per device type.
         seed = int(torch.randint(0, 2**62, (1,), generator=gen))
         device_gen = torch.Generator(device=latents.device).manual_seed(seed)
-        noise = torch.randn(latents.shape, generator=device_gen, device=latents.device)
+        noise = torch.randn(shape, generator=device_gen, device=latents.device)[mine]
     t, cond = t.to(latents.device), cond.to(latents.device)
     x_t, v = flow.interpolate(latents, noise, t)
     return x_t, t, v, ~cond, captions
@@ -307,6 +338,8 @@ class DiTTask:
             self.lora_cfg = LoRAConfig(rank=cfg.lora, alpha=cfg.lora_alpha or float(cfg.lora))
             add_lora(self.model, self.lora_cfg)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        if dist.sp > 1:  # the training model only: samples and bundles use the EMA on one process
+            enable_sequence_parallel(self.model, SequenceParallel(dist.sp_group, dist.sp_rank, dist.sp))
         self.run_config = {"train": to_dict(cfg), "model": to_dict(self.model_cfg), "vae": to_dict(self.vae.cfg)}
         self.autocast = torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16)
         self.prepared = None
@@ -317,6 +350,7 @@ class DiTTask:
         else:
             self.plan = bucket_plan(cfg, self.vae.cfg.spatial_stride, self.model_cfg.patch)
         self.per_step = max(1, cfg.pack)
+        self.check_layout()
         sampler = SamplerConfig(guidance=cfg.sample_guidance, guidance_interval=cfg.sample_guidance_interval)
         width, height, frames = max(self.plan, key=lambda k: self.plan[k].odds)  # the commonest bucket
         self.pipe = Pipeline(self.vae, self.ema, self.text, BundleConfig(
@@ -328,6 +362,26 @@ class DiTTask:
             if cfg.square_crop:
                 print("--square-crop: every clip is cut to its centre square before encoding "
                       "(token counts above are the crops')")
+
+    def check_layout(self) -> None:
+        """Every global batch has a clip for each data-parallel process; --sp divides the heads and
+        every bucket's tokens per frame."""
+        dist, cfg = self.dist, self.cfg
+        for (w, h, f), entry in self.plan.items():
+            if self.prepared is None:
+                distributed.batch_slice(entry.batch, 0, dist.dp_size)
+            if dist.sp > 1:
+                s = self.vae.cfg.spatial_stride
+                tokens = (h // s // self.model_cfg.patch[1]) * (w // s // self.model_cfg.patch[2])
+                if tokens % dist.sp or self.model_cfg.heads % dist.sp:
+                    raise VideoditError(f"--sp {dist.sp}: must divide the DiT's {self.model_cfg.heads} heads and the "
+                                        f"{tokens} tokens per frame of {w}x{h} clips")
+
+    def fsdp_units(self, module) -> list:
+        return list(module.blocks)
+
+    def wants_ema(self, step: int, done: bool) -> bool:
+        return bool(self.cfg.sample_every) and (step % self.cfg.sample_every == 0 or done)
 
     def extra_modules(self) -> dict:
         return {}
@@ -350,25 +404,26 @@ class DiTTask:
             return self.vae.normalize(self.vae.encode(video)).float()
 
     def stream(self, start_batch: int) -> Iterator[dict]:
-        """Whole SynthWorld batches, one bucket each, from global batch ``start_batch`` on, this
-        rank's shard (videodit.data.synthworld.SynthWorldBatches)."""
+        """SynthWorld batches, one bucket each, from global batch ``start_batch`` on, this rank's
+        slice of each (videodit.data.synthworld.SynthWorldBatches)."""
         sizes = {k: e.batch for k, e in self.plan.items()}
         data = SynthWorldConfig(split="train", seed=self.cfg.seed, sizes=self.cfg.sizes, frames=self.cfg.frames,
                                 block=max(sizes.values()))
-        yield from DataLoader(SynthWorldBatches(data, sizes, start_batch), batch_size=None,
+        part = (self.dist.dp_rank, self.dist.dp_size) if self.dist.dp_size > 1 else None
+        yield from DataLoader(SynthWorldBatches(data, sizes, start_batch, part), batch_size=None,
                               num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
 
     def batches(self, step: int) -> Iterator[list[tuple]]:
         """Per step, ``per_step`` tuples (latents, captions, bucket, cached (tokens, mask) or None)."""
         first = step * self.per_step
         if self.prepared is not None:
-            single = self.prepared.batches(first, self.cfg.batch_size, self.cfg.seed, self.dist.rank,
-                                           self.dist.world_size, self.dist.device)
+            single = self.prepared.batches(first, self.cfg.batch_size, self.cfg.seed, self.dist.dp_rank,
+                                           self.dist.dp_size, self.dist.device)
         elif self.cfg.latent_cache:
-            single = latent_cache.epoch_batches(self.load_cache(), first, self.cfg.seed, self.dist.rank, self.dist.device)
+            # rank 0's order on every rank: the ranks cache slices of the same global batches
+            single = latent_cache.epoch_batches(self.load_cache(), first, self.cfg.seed, 0, self.dist.device)
         else:
-            single = ((self.encode(b["video"]), b["caption"], b["bucket"], None)
-                      for b in self.stream(first * self.dist.world_size))
+            single = ((self.encode(b["video"]), b["caption"], b["bucket"], None) for b in self.stream(first))
         while True:
             yield [next(single) for _ in range(self.per_step)]
 
@@ -380,7 +435,8 @@ class DiTTask:
         # "square" only when set, so caches written before --square-crop existed stay valid.
         data_key = [cfg.seed, list(cfg.sizes), list(cfg.frames), cfg.batch_size, cfg.tokens_per_batch, cfg.latent_cache]
         key = {"vae": to_dict(self.vae.cfg), "vae_sum": float(sum(p.double().sum() for p in self.vae.parameters())),
-               "data": data_key + (["square"] if cfg.square_crop else []),
+               "data": data_key + (["square"] if cfg.square_crop else [])
+               + ([["slice", self.dist.dp_rank, self.dist.dp_size]] if self.dist.dp_size > 1 else []),
                "text": [cfg.text_encoder, self.text.config.max_length]}
         return latent_cache.load_or_build(self.out / f"latents-rank{self.dist.rank}.pt", key, self.stream(0),
                                           cfg.latent_cache, self.encode, self.text.encode, progress=self.dist.is_main)
@@ -391,8 +447,9 @@ class DiTTask:
         # from one generator) and that the DiT sees as one packed sequence.
         drawn, buckets, embedded = [], [], []
         for latents, captions, bucket, emb in batches:
-            self.seen[bucket] += len(captions)
-            drawn.append(training_inputs(latents, captions, self.cfg, gen, self.model_cfg.patch))
+            rows = self.rows(len(captions))
+            self.seen[bucket] += rows[1] if rows else len(captions)
+            drawn.append(training_inputs(latents, captions, self.cfg, gen, self.model_cfg.patch, rows))
             buckets.append(bucket)
             embedded.append(emb)
         x_t, t, v_target, loss_mask, captions = (list(z) for z in zip(*drawn))
@@ -409,8 +466,35 @@ class DiTTask:
             loss = packed_flow_loss(v_pred, v_target, loss_mask)
         else:
             loss = flow.flow_loss(v_pred, v_target, loss_mask)
-        return loop.StepResult(loss, loss.detach(), {"bucket": "+".join(buckets), "batch": len(captions),
+        batch = len(captions)
+        if self.dist.world_size > 1:
+            loss, batch = self.global_mean(loss, v_target, loss_mask)
+        return loop.StepResult(loss, loss.detach(), {"bucket": "+".join(buckets), "batch": batch,
                                                      "time": f"{time.time():.0f}"})
+
+    def rows(self, local: int) -> tuple[int, int] | None:
+        """(first row, global batch size) of this rank's ``local`` clips (None for one process).
+        Ranks of a sequence-parallel group hold the same rows."""
+        if self.dist.dp_size == 1:
+            return None
+        sizes = torch.zeros(self.dist.world_size, dtype=torch.long, device=self.dist.device)
+        sizes[self.dist.rank] = local
+        torch.distributed.all_reduce(sizes)
+        per_dp = sizes[::self.dist.sp].tolist()  # one entry per data-parallel rank
+        return sum(per_dp[:self.dist.dp_rank]), sum(per_dp)
+
+    def global_mean(self, loss, v_target, loss_mask) -> tuple[torch.Tensor, int]:
+        """This rank's share of the global batch's loss, scaled so that averaging over ranks (DDP,
+        FSDP, rank_mean) gives the mean over every counted element of the global batch; and the
+        global clip count."""
+        targets = v_target if isinstance(v_target, list) else [v_target]
+        masks = loss_mask if isinstance(loss_mask, list) else [loss_mask]
+        counts = torch.stack([m.sum() * v[0, :, 0].numel() for v, m in zip(targets, masks)]).sum().float()
+        clips = torch.tensor(float(sum(m.shape[0] for m in masks)), device=counts.device)
+        totals = torch.stack([counts, clips])
+        torch.distributed.all_reduce(totals)
+        totals = totals / self.dist.sp  # the ranks of a sequence-parallel group hold the same clips
+        return loss * (counts / totals[0] * self.dist.dp_size), int(totals[1].round())
 
     # -- outputs ------------------------------------------------------------------------------
     @property
@@ -446,7 +530,7 @@ class DiTTask:
 def train_dit(cfg: DiTTrainConfig) -> Path:
     """Run (or resume) training; returns the path of the final model bundle."""
     cfg.check()
-    return loop.train(cfg, lambda dist: DiTTask(cfg, dist))
+    return loop.train(cfg, lambda dist: DiTTask(cfg, dist), sp=cfg.sp)
 
 
 def model_config(cfg: DiTTrainConfig, latent_channels: int, text_dim: int) -> DiTConfig:

@@ -1,11 +1,21 @@
 """The one training loop. The DiT and VAE trainers (train/dit.py, train/vae.py) each plug a
 ``Task`` into it — their model, data and loss for one step — and the loop owns the rest:
 
-  device and torchrun set-up -> resume from the newest checkpoint that verifies (or the task's
-  init) -> per step: a generator seeded by (seed, step, rank), warm-up + cosine learning rate,
+  device and torchrun set-up (DDP or FSDP2, sequence-parallel groups: videodit/train/distributed.py)
+  -> resume from the newest checkpoint that verifies (or the task's init) -> per step: a
+  generator seeded by (seed, step), the same on every rank, warm-up + cosine learning rate,
   the task's loss, backward, gradient clipping, AdamW, EMA -> divergence guard -> log.csv ->
   atomic, checksummed checkpoints (the last two kept) every ``save_every`` steps / ``save_minutes``
-  minutes and at the end -> the task's bundle.
+  minutes and at the end -> the task's bundle. One process without FSDP writes the single-file
+  checkpoint (videodit/train/checkpoint.py); several processes, or FSDP, write a
+  torch.distributed.checkpoint folder with the same guarantees (distributed.py); a run resumes
+  from whichever of the two holds the later step, on any number of processes.
+
+Data parallel: --batch-size is the global batch. Every rank draws the random numbers of the whole
+global batch from the step's generator and takes the rows of its slice, and the tasks read only
+their slice of the global batch (distributed.batch_slice), so W processes train on the same
+samples with the same draws as one process: the loss curves agree up to the order of the
+floating-point reductions (docs/SCALING.md gives the measured difference).
 
 Exact resume: every random draw of a step comes from that step's generator and the data restart
 at the step's position, so "N steps straight" and "k steps, kill, resume, N - k steps" give the
@@ -27,9 +37,11 @@ import copy
 import csv
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Iterator, Protocol
 
@@ -37,9 +49,12 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from videodit.train import distributed as D
+
 from videodit.device import pick_device
 from videodit.errors import VideoditError
-from videodit.train.checkpoint import read_latest, restore, save_checkpoint
+from videodit.train.checkpoint import (capture_rng, config_mismatch, previous_path, read_latest, restore,
+                                       restore_rng, save_checkpoint)
 
 
 class LoopSettings(Protocol):
@@ -60,6 +75,10 @@ class LoopSettings(Protocol):
     log_every: int
     max_minutes: float
     resume: bool
+    parallel: str                  # "ddp" or "fsdp" (distributed.PARALLEL)
+    activation_checkpointing: bool
+    dist_timeout: float            # minutes a collective may wait (a dead rank) before the job fails
+    bf16: bool
 
 
 @dataclass
@@ -86,6 +105,8 @@ class Task(Protocol):
     def after_step(self, step: int, done: bool) -> None: ...  # periodic work (samples), main rank
     def on_save(self) -> None: ...                # beside each checkpoint (the DiT's bundle), main rank
     def finish(self) -> Path: ...                 # the final bundle, main rank
+    def fsdp_units(self, module: nn.Module) -> list[nn.Module]: ...  # the FSDP / checkpointing units of model or EMA
+    def wants_ema(self, step: int, done: bool) -> bool: ...  # after_step reads the EMA now (FSDP gathers it)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,21 +119,39 @@ class DistInfo:
     world_size: int
     local_rank: int
     device: torch.device
+    sp: int = 1                  # ranks per sequence-parallel group (consecutive ranks)
+    sp_group: object = None      # this rank's sequence-parallel process group (sp > 1)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def dp_rank(self) -> int:
+        """This rank's data-parallel index: the slice of each global batch it reads."""
+        return self.rank // self.sp
 
-def setup(cfg: LoopSettings) -> DistInfo:
+    @property
+    def dp_size(self) -> int:
+        return self.world_size // self.sp
+
+    @property
+    def sp_rank(self) -> int:
+        return self.rank % self.sp
+
+
+def setup(cfg: LoopSettings, sp: int = 1) -> DistInfo:
     """Threads, then the torchrun process group when launched by torchrun (WORLD_SIZE > 1); one
-    process is the same program with world size 1."""
+    process is the same program with world size 1. A collective that waits longer than
+    ``cfg.dist_timeout`` minutes (a rank died or hangs) raises, so the job ends instead of hanging."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes per bucket: let cuDNN pick its kernels
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world % sp:
+        raise VideoditError(f"--sp {sp}: must divide the number of processes ({world})")
     if world == 1:
         return DistInfo(0, 1, 0, device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
@@ -120,8 +159,15 @@ def setup(cfg: LoopSettings) -> DistInfo:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(rank, world, local_rank, device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                             timeout=timedelta(minutes=cfg.dist_timeout))
+    sp_group = None
+    if sp > 1:  # every rank creates every group, in the same order (new_group is a collective)
+        for first in range(0, world, sp):
+            group = torch.distributed.new_group(list(range(first, first + sp)))
+            if first <= rank < first + sp:
+                sp_group = group
+    return DistInfo(rank, world, local_rank, device, sp, sp_group)
 
 
 def cleanup() -> None:
@@ -288,10 +334,10 @@ def short_value(value) -> str:
 LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "it_per_s", "elapsed_s")
 
 
-def train(cfg: LoopSettings, make_task, progress: bool = True) -> Path:
+def train(cfg: LoopSettings, make_task, progress: bool = True, sp: int = 1) -> Path:
     """Set up devices, build the task (``make_task(dist)``), run the loop; returns the task's
     final bundle."""
-    dist = setup(cfg)
+    dist = setup(cfg, sp)
     try:
         return run(cfg, make_task(dist), dist, progress)
     finally:
@@ -301,22 +347,55 @@ def train(cfg: LoopSettings, make_task, progress: bool = True) -> Path:
 def run(cfg: LoopSettings, task: Task, dist: DistInfo, progress: bool = True) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    sharded = cfg.parallel == "fsdp" and dist.world_size > 1
+    log = CsvLog(out / "log.csv", LOG_FIELDS + tuple(task.log_fields))
+    found = _find_checkpoint(cfg, task, dist, out)
+    if found is None:  # before any wrapping: the task loads --init into its plain modules
+        task.init()
+        if dist.is_main:
+            for p in [log.path] + [out / name for name in task.csv_logs]:
+                p.unlink(missing_ok=True)
+    # The EMA the loop updates: the task's own, or under FSDP a copy sharded like the model, whose
+    # full state is gathered into the task's (rank 0) whenever a bundle or a sample needs it.
+    ema = task.ema
+    if cfg.activation_checkpointing:
+        D.checkpoint_activations(task.fsdp_units(task.model))
+    if sharded:
+        ema = copy.deepcopy(task.ema)
+        D.fully_shard_model(ema, task.fsdp_units(ema), bf16=False)
+        D.fully_shard_model(task.model, task.fsdp_units(task.model), bf16=cfg.bf16)
     optimizer = torch.optim.AdamW([p for p in task.model.parameters() if p.requires_grad], lr=cfg.lr,
                                   betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-    guarded = {"model": task.model, "ema": task.ema, "optimizer": optimizer, **task.extra_modules()}
-    log = CsvLog(out / "log.csv", LOG_FIELDS + tuple(task.log_fields))
-    step, guard = _start(cfg, task, dist, optimizer, out, log)
+    guarded = {"model": task.model, "ema": ema, "optimizer": optimizer, **task.extra_modules()}
+    use_dcp = sharded or dist.world_size > 1
+    step, guard = 0, DivergenceGuard(cfg.warmup_steps)
+    if found is not None:
+        step, guard = _resume(*found, cfg, task, dist, optimizer, ema, sharded, log)
     net = task.model
-    if dist.world_size > 1:
+    if dist.world_size > 1 and not sharded:
         net = nn.parallel.DistributedDataParallel(task.model, device_ids=[dist.device.index]
                                                   if dist.device.type == "cuda" else None)
 
+    def gather_ema() -> None:
+        if sharded:
+            state = D.full_state(ema)  # a collective
+            if dist.is_main:
+                task.ema.load_state_dict(state)
+
     def save() -> None:
-        extra = {"guard": guard.state(), **{k: m.state_dict() for k, m in task.extra_modules().items()}}
         # Both tasks restart their data from the step, so the data position is the step.
-        save_checkpoint(out / "checkpoint.pt", kind=task.kind, step=step, data_position=step, config=task.run_config,
-                        model=task.model, optimizer=optimizer, ema=task.ema, extra=extra)
-        task.on_save()
+        extra = {"guard": guard.state(), **{k: m.state_dict() for k, m in task.extra_modules().items()}}
+        if use_dcp:
+            D.save_dcp(out, rank=dist.rank, world=dist.world_size, device=dist.device, model=task.model,
+                       optimizer=optimizer, ema=ema,
+                       meta={"kind": task.kind, "step": step, "data_position": step, "config": task.run_config,
+                             "rng": capture_rng(), "extra": extra, "world_size": dist.world_size})
+        else:
+            save_checkpoint(out / "checkpoint.pt", kind=task.kind, step=step, data_position=step,
+                            config=task.run_config, model=task.model, optimizer=optimizer, ema=task.ema, extra=extra)
+        gather_ema()
+        if dist.is_main:
+            task.on_save()
 
     guard.take_snapshot(step, guarded)
     batches = task.batches(step)
@@ -329,22 +408,23 @@ def run(cfg: LoopSettings, task: Task, dist: DistInfo, progress: bool = True) ->
             lr = lr_at(step, cfg, (time.monotonic() - t_start) / budget) * guard.lr_scale
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            result = task.step(net, next(batches), step, step_generator(cfg.seed, step, dist.rank), lr)
+            # The same generator on every rank: each draws the global batch's numbers, keeps its rows.
+            result = task.step(net, next(batches), step, step_generator(cfg.seed, step, 0), lr)
             monitor = float(rank_mean(result.monitor.detach().float(), dist))
             grad_norm = math.nan
             if math.isfinite(monitor):  # a NaN loss never reaches the weights
                 optimizer.zero_grad(set_to_none=True)
                 result.loss.backward()
-                grad_norm = float(nn.utils.clip_grad_norm_(task.model.parameters(), cfg.grad_clip))
+                grad_norm = D.grad_norm_value(nn.utils.clip_grad_norm_(task.model.parameters(), cfg.grad_clip))
                 if math.isfinite(grad_norm):
                     optimizer.step()
-                    ema_update(task.ema, task.model, min(cfg.ema_decay, (1 + step) / (task.ema_warmup + step)))
+                    ema_update(ema, task.model, min(cfg.ema_decay, (1 + step) / (task.ema_warmup + step)))
             step += 1
             bar.update(1)
             message = guard.observe(step, monitor if math.isfinite(grad_norm) else math.nan, guarded)
             if message and dist.is_main:
                 tqdm.write(f"videodit: warning: {message}", file=sys.stderr)
-            loss = float(result.loss.detach())
+            loss = float(rank_mean(result.loss.detach().float(), dist)) if dist.world_size > 1 else float(result.loss.detach())
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             now = time.monotonic()
             if dist.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
@@ -355,44 +435,75 @@ def run(cfg: LoopSettings, task: Task, dist: DistInfo, progress: bool = True) ->
                            **{k: short_value(v) for k, v in result.logs.items()}})
             out_of_time = main_flag(now - t_start > budget, dist)
             done = step == cfg.steps or out_of_time
-            if dist.is_main and (done or step % cfg.save_every == 0 or now - t_save > 60 * cfg.save_minutes):
+            # Rank 0's clock decides a time-based save: every rank takes part in a distributed one.
+            if main_flag(done or step % cfg.save_every == 0 or now - t_save > 60 * cfg.save_minutes, dist):
                 save()
                 t_save = time.monotonic()
+            elif task.wants_ema(step, done):
+                gather_ema()
             if dist.is_main:
                 task.after_step(step, done)
             if out_of_time:
                 tqdm.write(f"stopping at step {step}: --max-minutes {cfg.max_minutes:g} reached")
                 break
-        if dist.is_main and not (out / "checkpoint.pt").exists():
+        if not _has_checkpoint(out, use_dcp):
             save()  # --steps 0 trains nothing, but the run has a checkpoint like any other
     finally:
         bar.close()
     return task.finish() if dist.is_main else out / "bundle"
 
 
-def _start(cfg: LoopSettings, task: Task, dist: DistInfo, optimizer, out: Path, log: CsvLog):
-    """Resume from the newest checkpoint that verifies, else the task's init; returns the step
-    and the divergence guard (its state is part of the checkpoint)."""
+def _has_checkpoint(out: Path, use_dcp: bool) -> bool:
+    return (out / D.DCP_DIR).exists() if use_dcp else (out / "checkpoint.pt").exists()
+
+
+def _find_checkpoint(cfg: LoopSettings, task: Task, dist: DistInfo, out: Path) -> tuple[dict, Path] | None:
+    """The newest checkpoint that verifies, the single-file one or the distributed one, whichever
+    holds the later step (a run may change its number of processes): (payload or meta, path), or
+    None for a fresh start. A partial save left by a kill is removed first."""
     path = out / "checkpoint.pt"
-    for stale in out.glob(".checkpoint*.tmp"):  # a run killed mid-save
-        stale.unlink(missing_ok=True)
-    logs = [log.path] + [out / name for name in task.csv_logs]
-    if not (cfg.resume and path.exists()):
-        task.init()
-        if dist.is_main:
-            for p in logs:
-                p.unlink(missing_ok=True)
-        return 0, DivergenceGuard(cfg.warmup_steps)
-    payload, used = read_latest(path, task.kind)
-    restore(payload, used, model=task.model, optimizer=optimizer, ema=task.ema,
-            model_config=task.run_config["model"])
+    if dist.is_main:
+        for stale in out.glob(".checkpoint*.tmp"):  # a run killed mid-save
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+    if dist.world_size > 1:
+        torch.distributed.barrier()
+    if not cfg.resume:
+        return None
+    found = None
+    if path.exists() or previous_path(path).exists():
+        found = read_latest(path, task.kind)
+    distributed = D.latest_dcp(out, task.kind)
+    if distributed is not None and (found is None or distributed[0]["step"] > found[0]["step"]):
+        found = distributed
+    if found is not None:
+        diff = config_mismatch(found[0]["config"].get("model", {}), task.run_config["model"])
+        if diff:
+            raise VideoditError(f"{found[1]}: model config differs from the checkpoint's: {'; '.join(diff)}")
+    return found
+
+
+def _resume(payload: dict, used: Path, cfg: LoopSettings, task: Task, dist: DistInfo, optimizer, ema: nn.Module,
+            sharded: bool, log: CsvLog):
+    """Put the found checkpoint in place (any format into any wrapping); returns the step and the
+    divergence guard (its state is part of the checkpoint)."""
+    if used.is_dir():
+        D.load_dcp(used, model=task.model, optimizer=optimizer, ema=ema)
+        restore_rng(payload["rng"])
+    elif sharded:
+        D.load_full(payload, model=task.model, optimizer=optimizer, ema=ema)
+        restore_rng(payload["rng"])
+    else:
+        restore(payload, used, model=task.model, optimizer=optimizer, ema=task.ema)
     for name, module in task.extra_modules().items():
         if name not in payload["extra"]:
             raise VideoditError(f"{used}: checkpoint has no {name} state (it was trained with other settings)")
         module.load_state_dict(payload["extra"][name])
     step = payload["step"]
     if dist.is_main:
-        for p in logs:
+        for p in [log.path] + [Path(cfg.out) / name for name in task.csv_logs]:
             CsvLog(p, ()).truncate(step)
         print(f"resumed from {used} at step {step}")
     return step, DivergenceGuard(cfg.warmup_steps, payload["extra"].get("guard"))

@@ -8,7 +8,11 @@ edge weighting, an adversarial term (videodit/train/discriminator.py), an anchor
 latents near --init's. Fine-tuning (``--finetune decoder|encoder``) freezes the other half.
 
 Every random draw of a step (the crop, the posterior noise) comes from the loop's generator for
-(seed, step, rank), and the data stream restarts at the step's sample, so a resumed run is exact.
+(seed, step), and the data stream restarts at the step's sample, so a resumed run is exact.
+Under torchrun --batch-size is the global batch (a multiple of the number of processes), each
+rank reading its slice; the crop window is the same on every rank, the posterior noise (and
+--crop-focus windows) are drawn per rank, so W processes follow one process's loss curve in
+distribution, not draw for draw (docs/SCALING.md).
 
 Outputs under ``out``: checkpoint.pt (+ checkpoint.prev.pt, each with a .sha256), log.csv, and
 bundle/ (EMA weights + config.json with the measured latent normalisation) at the end.
@@ -31,7 +35,7 @@ from videodit.bundle import load_safetensors_checked, read_bundle_config
 from videodit.config import check_ranges, to_dict
 from videodit.data.synthworld import SynthWorldConfig, SynthWorldStream
 from videodit.errors import VideoditError
-from videodit.train import loop
+from videodit.train import distributed, loop
 from videodit.train.discriminator import PatchDiscriminator3D, adaptive_weight, d_hinge_loss, g_loss
 from videodit.vae import PRESETS, VAEConfig, VideoVAE, widen, with_latent_stats
 
@@ -54,7 +58,9 @@ class VAETrainConfig:
         "help": "also stop after this many minutes of training (0 = no limit); the lr schedule then "
                 "follows whichever of steps / time runs out first, so the run is not bit-reproducible",
         "min": 0, "group": "run"})
-    batch_size: int = field(default=8, metadata={"help": "clips per step (per process)", "min": 1, "group": "optimisation"})
+    batch_size: int = field(default=8, metadata={
+        "help": "clips per step, in total over all processes (a multiple of their number; each reads its slice)",
+        "min": 1, "group": "optimisation"})
     lr: float = field(default=3e-4, metadata={"help": "peak AdamW learning rate", "min": 0, "group": "optimisation"})
     warmup_steps: int = field(default=100, metadata={
         "help": "linear warmup, then cosine decay to lr/10", "min": 0, "group": "optimisation"})
@@ -148,8 +154,26 @@ class VAETrainConfig:
                 "has per-channel statistics. A DiT must be trained on the latents of the VAE it is used with",
         "group": "output/checkpoints"})
 
+    parallel: str = field(default="ddp", metadata={
+        "help": "under torchrun: ddp (a full copy of the model per process) or fsdp (FSDP2: encoder, decoder "
+                "and root sharded); one process trains the plain model either way",
+        "choices": distributed.PARALLEL, "group": "scale-out"})
+    activation_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute the encoder's and decoder's activations in the backward pass (less memory)",
+        "group": "scale-out"})
+    dist_timeout: float = field(default=10.0, metadata={
+        "help": "minutes a collective may wait for another process (one died or hangs) before the job fails "
+                "(rerun the command to resume)", "min": 0, "min_exclusive": True, "group": "scale-out"})
+
+    @property
+    def bf16(self) -> bool:  # the loop's mixed-precision policy: the VAE trains with fp32 weights
+        return False
+
     def check(self) -> None:
         check_ranges(self)
+        if self.parallel == "fsdp" and self.adv_weight:
+            raise VideoditError("--adv-weight reads the decoder's last weight for its adaptive scale: use "
+                                "--parallel ddp")
         if self.preset not in PRESETS:
             raise VideoditError(f"--preset {self.preset!r}: unknown; choose one of {', '.join(PRESETS)}")
         s = PRESETS[self.preset].spatial_stride
@@ -197,18 +221,23 @@ class VAETrainConfig:
 # Data
 # ---------------------------------------------------------------------------------------------
 
-StreamFactory = Callable[[int], Iterable[dict]]  # start index -> stream of {"video": (3, F, H, W)}
+# (start index, part) -> stream of {"video": (3, F, H, W)}; with part = (rank, ranks) the stream
+# holds this rank's slice of every global batch of --batch-size samples (SynthWorldStream's part).
+StreamFactory = Callable[[int, tuple[int, int] | None], Iterable[dict]]
 
 
 def synthworld_stream(cfg: VAETrainConfig, split: str = "train") -> StreamFactory:
-    def make(start: int):
-        return SynthWorldStream(SynthWorldConfig(split=split, seed=cfg.seed, sizes=(f"{cfg.width}x{cfg.height}",),
-                                                 frames=(cfg.frames,), start=start))
+    def make(start: int, part: tuple[int, int] | None = None):
+        config = SynthWorldConfig(split=split, seed=cfg.seed, sizes=(f"{cfg.width}x{cfg.height}",),
+                                  frames=(cfg.frames,), start=start)
+        return SynthWorldStream(config, None if part is None else (*part, cfg.batch_size))
     return make
 
 
-def _batches(make_stream: StreamFactory, start: int, cfg: VAETrainConfig):
-    loader = DataLoader(make_stream(start), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+def _batches(make_stream: StreamFactory, start: int, cfg: VAETrainConfig, part: tuple[int, int] | None = None):
+    """Batches of this rank's slice (``part``) of the global batches from sample ``start`` on."""
+    size = cfg.batch_size if part is None else cfg.batch_size // part[1]
+    loader = DataLoader(make_stream(start, part), batch_size=size, num_workers=cfg.num_workers,
                         persistent_workers=False, drop_last=True)
     for batch in loader:
         yield batch["video"]
@@ -335,6 +364,9 @@ class VAETask:
     def __init__(self, cfg: VAETrainConfig, make_stream: StreamFactory, vae_cfg: VAEConfig, dist: loop.DistInfo):
         self.cfg, self.make_stream, self.dist, self.out = cfg, make_stream, dist, Path(cfg.out)
         device = dist.device
+        if cfg.batch_size % dist.dp_size:
+            raise VideoditError(f"--batch-size {cfg.batch_size}: the global batch must be a multiple of the "
+                                f"{dist.dp_size} processes (each reads an equal slice)")
         self.vae_cfg, self.init_cfg = resolve_vae_config(cfg, vae_cfg)
         torch.manual_seed(cfg.seed)
         self.model = VideoVAE(self.vae_cfg).to(device)
@@ -378,13 +410,22 @@ class VAETask:
             print(f"initialised from {self.cfg.init}{wider}")
 
     def batches(self, step: int):
-        return _batches(self.make_stream, step * self.cfg.batch_size * self.dist.world_size, self.cfg)
+        part = (self.dist.dp_rank, self.dist.dp_size) if self.dist.dp_size > 1 else None
+        return _batches(self.make_stream, step * self.cfg.batch_size, self.cfg, part)
+
+    def fsdp_units(self, module) -> list:
+        return [module.encoder, module.decoder]
+
+    def wants_ema(self, step: int, done: bool) -> bool:
+        return False
 
     def step(self, net, x: torch.Tensor, step: int, gen: torch.Generator, lr: float) -> loop.StepResult:
         cfg, device = self.cfg, self.dist.device
         x = _crop(x.to(device, non_blocking=True), cfg, gen, self.vae_cfg.spatial_stride)
-        # The posterior noise is drawn on the device, from a seed drawn from the step's generator.
-        noise_gen = torch.Generator(device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+        # The posterior noise is drawn on the device, from a seed drawn from the step's generator
+        # (the same on every rank), offset by the rank so that ranks do not share noise.
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen)) + self.dist.dp_rank
+        noise_gen = torch.Generator(device).manual_seed(seed)
         sigma = None
         if cfg.latent_noise:
             sigma = cfg.latent_noise * torch.rand(x.shape[0], generator=noise_gen, device=device)
