@@ -220,8 +220,11 @@ def test_prepare_and_read_back(folder, tmp_path, tiny_vae, one_thread):
         seen.append(captions)
     resumed = [c for _, (_, c, _, _) in zip(range(3), data.batches(5, 2, seed=1))]
     assert resumed == seen[5:8]
-    ranks = [set(sum((c for _, (_, c, _, _) in zip(range(4), data.batches(0, 1, 0, r, 2))), [])) for r in (0, 1)]
-    assert not ranks[0] & ranks[1]
+    # Two processes read disjoint slices of the same global batches (buckets of 1 sample are left out).
+    with pytest.warns(Warning, match="left out"):
+        per_epoch = len(data.epoch(0, 2, 0, 2))
+        ranks = [sum((c for _, (_, c, _, _) in zip(range(per_epoch), data.batches(0, 2, 0, r, 2))), []) for r in (0, 1)]
+    assert ranks[0] and ranks[1] and not set(ranks[0]) & set(ranks[1])  # an epoch: no sample read twice
     assert "fewer than a batch of 2" in data.describe(2)
 
 

@@ -13,7 +13,8 @@ buckets together; rank r of ``world`` reads its slice of every batch
 (videodit.train.distributed.batch_slice), so each sample is read once per epoch by one rank and
 the global batch of a step does not depend on the number of processes. Under ``world`` > 1 a
 bucket's last batch with fewer than ``world`` samples joins the batch before it (each rank needs
-one), which is then the only difference from one process. Every epoch has the same number of
+one), and a bucket with fewer samples than ``world`` is left out with a warning: the only
+differences from one process. Every epoch has the same number of
 batches, so the batch of step s is a pure function of (cache, batch_size, seed, rank, world, s),
 wherever a run resumed.
 """
@@ -94,9 +95,15 @@ class PreparedData:
         for j, sample in enumerate(self.samples):
             ids.setdefault(sample["bucket"], []).append(j)
         small = sorted(b for b, v in ids.items() if len(v) < world)
-        if small:
-            raise VideoditError(f"{self.dir}: bucket(s) {', '.join(small)} hold fewer samples than the {world} "
-                                "data-parallel processes: each needs one")
+        if small:  # a batch must give every process a clip
+            import warnings
+
+            from videodit.errors import VideoditWarning
+            warnings.warn(f"{self.dir}: bucket(s) {', '.join(small)} hold fewer samples than the {world} "
+                          "data-parallel processes and are left out of training", VideoditWarning, stacklevel=3)
+        ids = {b: v for b, v in ids.items() if len(v) >= world}
+        if not ids:
+            raise VideoditError(f"{self.dir}: no bucket holds a sample for each of {world} processes")
         return ids
 
     def describe(self, batch_size: int, world: int = 1) -> str:

@@ -409,7 +409,8 @@ class DiTTask:
         sizes = {k: e.batch for k, e in self.plan.items()}
         data = SynthWorldConfig(split="train", seed=self.cfg.seed, sizes=self.cfg.sizes, frames=self.cfg.frames,
                                 block=max(sizes.values()))
-        part = (self.dist.dp_rank, self.dist.dp_size) if self.dist.dp_size > 1 else None
+        # (under torchrun always a slice: ranks of a sequence-parallel group read the same clips)
+        part = (self.dist.dp_rank, self.dist.dp_size) if self.dist.world_size > 1 else None
         yield from DataLoader(SynthWorldBatches(data, sizes, start_batch, part), batch_size=None,
                               num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
 

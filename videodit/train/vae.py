@@ -410,7 +410,7 @@ class VAETask:
             print(f"initialised from {self.cfg.init}{wider}")
 
     def batches(self, step: int):
-        part = (self.dist.dp_rank, self.dist.dp_size) if self.dist.dp_size > 1 else None
+        part = (self.dist.dp_rank, self.dist.dp_size) if self.dist.world_size > 1 else None
         return _batches(self.make_stream, step * self.cfg.batch_size, self.cfg, part)
 
     def fsdp_units(self, module) -> list:
