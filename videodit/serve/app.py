@@ -30,8 +30,9 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
@@ -369,199 +370,232 @@ def video_json(job: Job) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# The routes
+# ---------------------------------------------------------------------------------------------
+
+router = APIRouter()
+
+
+def _server(request: Request) -> Server:
+    return request.app.state.server
+
+
+ServerDep = Annotated[Server, Depends(_server)]
+
+
+@router.get("/", response_class=HTMLResponse)
+def page():
+    return PAGE
+
+
+@router.get("/healthz")
+def health(server: ServerDep):
+    return {"status": "ok", "models": list(server.pipes), "videos": server.store.counts()}
+
+
+@router.post("/v1/videos")
+async def create(request: Request, server: ServerDep):
+    owner = server.owner(request)
+    data = await read_body(request)
+    name = _model(server, data)
+    pipe = server.pipes[name]
+    prompt = _text(data, "prompt", server.config.max_prompt_chars, required=True)
+    size = _size(server, pipe, data.get("size"))
+    frames = _frames(server, pipe, data)
+    params = _sampling(server, data) | {"frames": frames}
+    if _bool(data, "loop"):
+        try:
+            loop_lengths(frames, pipe.config.frames)
+        except VideoditError as e:
+            raise ApiError(400, f"loop: {e}", param="loop", code="invalid_value") from None
+        params["loop"] = True
+    _check_request(pipe, frames, size, params.get("guidance"))
+    video_id, mode = f"video_{uuid.uuid4().hex}", "text"
+    if data.get("input_reference") not in (None, ""):
+        upload, _ = await _upload_bytes(server, data["input_reference"], "input_reference")
+        params["input"] = await run_in_threadpool(_save_image, server, upload, "input_reference", video_id)
+        mode = "animate"
+    try:
+        job = server.add(request, owner, video_id=video_id, model=name, mode=mode, size=size,
+                         seconds=seconds_text(frames, pipe.config.fps), prompt=prompt, params=params)
+    except ApiError:
+        server.store.remove_files(video_id, params.get("input"))
+        raise
+    if job.id != video_id:  # an idempotent retry: the earlier job stands
+        server.store.remove_files(video_id, params.get("input"))
+    return video_json(job)
+
+
+@router.get("/v1/videos")
+def list_videos(request: Request, server: ServerDep, limit: int = 20, after: str | None = None,
+                order: str = "desc"):
+    owner = server.owner(request)
+    if not 1 <= limit <= LIST_LIMIT:
+        raise ApiError(400, f"limit {limit}: must be from 1 to {LIST_LIMIT}", param="limit", code="invalid_value")
+    if order not in ("asc", "desc"):
+        raise ApiError(400, f"order {order!r}: must be 'asc' or 'desc'", param="order", code="invalid_value")
+    anchor = None
+    if after:
+        anchor = server.store.get(after, owner)
+        if anchor is None:
+            raise ApiError(400, f"after {after!r}: no such video", param="after", code="invalid_value")
+    jobs, more = server.store.list(owner, limit, anchor, order)
+    data = [video_json(j) for j in jobs]
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None, "has_more": more}
+
+
+@router.get("/v1/videos/{video_id}")
+def retrieve(request: Request, server: ServerDep, video_id: str):
+    job = server.job(video_id, server.owner(request))
+    return JSONResponse(video_json(job), headers={"openai-poll-after-ms": str(POLL_AFTER_MS)})
+
+
+@router.delete("/v1/videos/{video_id}")
+def delete(request: Request, server: ServerDep, video_id: str):
+    job = server.job(video_id, server.owner(request))
+    server.store.delete(job.id)
+    server.worker.cancel(job.id)
+    return {"id": job.id, "object": "video.deleted", "deleted": True}
+
+
+@router.get("/v1/videos/{video_id}/content")
+def content(request: Request, server: ServerDep, video_id: str, variant: str = "video"):
+    job = server.job(video_id, server.owner(request))
+    if variant not in VARIANTS:
+        raise ApiError(400, f"variant {variant!r}: must be one of {', '.join(VARIANTS)}", param="variant",
+                       code="invalid_value")
+    if job.status != "completed":
+        raise ApiError(409, f"video {video_id} is {job.status}; its content is there once it is completed",
+                       param="video_id", code="video_not_ready")
+    filename, media_type = VARIANTS[variant]
+    path = server.store.video_dir(job.id) / filename
+    if not path.is_file():
+        raise ApiError(404, f"video {video_id}: its {variant} file is missing from the data folder",
+                       code="not_found")
+    return FileResponse(path, media_type=media_type, filename=f"{job.id}{path.suffix}")
+
+
+@router.post("/v1/videos/{video_id}/remix")
+async def remix(request: Request, server: ServerDep, video_id: str):
+    owner = server.owner(request)
+    data = await read_body(request)
+    source = server.completed_source(video_id, owner, "remixed")
+    prompt = _text(data, "prompt", server.config.max_prompt_chars, required=True)
+    params = _sampling(server, data, strength=True)
+    job = server.add(request, owner, model=source.model, mode="remix", size=source.size, seconds=source.seconds,
+                     prompt=prompt, params=params, source_id=source.id)
+    return video_json(job)
+
+
+async def _source(server: Server, data: dict, owner: str, what: str) -> tuple[str, Pipeline, Job | None, dict]:
+    """The clip an edit or extension starts from: ({"id": ...} of a completed video, or an upload).
+    Returns (model name, pipeline, the source job or None, params with the upload's file name)."""
+    video = data.get("video")
+    if video in (None, ""):
+        raise ApiError(400, "missing required parameter: 'video' (an upload, or {\"id\": VIDEO_ID})",
+                       param="video", code="missing_required_parameter")
+    if isinstance(video, dict) and "id" in video:
+        source = server.completed_source(str(video["id"]), owner, what)
+        return source.model, server.pipes[source.model], source, {}
+    name = _model(server, data)
+    pipe = server.pipes[name]
+    upload, filename = await _upload_bytes(server, video, "video")
+    stored, frames = await run_in_threadpool(_save_clip, server, pipe, upload, filename, "video",
+                                             f"video_{uuid.uuid4().hex}")
+    return name, pipe, None, {"input": stored, "input_frames": frames}
+
+
+def _source_frames(pipe: Pipeline, source: Job | None, params: dict) -> int:
+    return params["input_frames"] if source is None else round(float(source.seconds) * pipe.config.fps) + 1
+
+
+@router.post("/v1/videos/edits")
+async def edit(request: Request, server: ServerDep):
+    owner = server.owner(request)
+    data = await read_body(request)
+    prompt = _text(data, "prompt", server.config.max_prompt_chars, required=True)
+    name, pipe, source, params = await _source(server, data, owner, "edited")
+    try:
+        size = source.size if source else _size(server, pipe, data.get("size"))
+        params |= _sampling(server, data, strength=True)
+        frames = _source_frames(pipe, source, params)
+        job = server.add(request, owner, model=name, mode="edit", size=size,
+                         seconds=seconds_text(frames, pipe.config.fps), prompt=prompt, params=params,
+                         source_id=source.id if source else None)
+    except ApiError:
+        server.store.remove_input(params.get("input"))
+        raise
+    return video_json(job)
+
+
+@router.post("/v1/videos/extensions")
+async def extend(request: Request, server: ServerDep):
+    cfg = server.config
+    owner = server.owner(request)
+    data = await read_body(request)
+    prompt = _text(data, "prompt", cfg.max_prompt_chars, required=True)
+    name, pipe, source, params = await _source(server, data, owner, "extended")
+    try:
+        if data.get("seconds") in (None, ""):
+            raise ApiError(400, "missing required parameter: 'seconds' (of new video)", param="seconds",
+                           code="missing_required_parameter")
+        new_frames = _new_frames(server, pipe, data["seconds"])
+        size = source.size if source else _size(server, pipe, data.get("size"))
+        total = _source_frames(pipe, source, params) + new_frames
+        if (total - 1) / pipe.config.fps > cfg.max_seconds:
+            raise ApiError(400, f"seconds {data['seconds']!r}: the extended video would be "
+                                f"{seconds_text(total, pipe.config.fps)} s, longer than this server's "
+                                f"--max-seconds {cfg.max_seconds:g}", param="seconds", code="invalid_value")
+        params |= _sampling(server, data) | {"new_frames": new_frames}
+        job = server.add(request, owner, model=name, mode="extend", size=size,
+                         seconds=seconds_text(total, pipe.config.fps), prompt=prompt, params=params,
+                         source_id=source.id if source else None)
+    except ApiError:
+        server.store.remove_input(params.get("input"))
+        raise
+    return video_json(job)
+
+
+# ---------------------------------------------------------------------------------------------
 # The app
 # ---------------------------------------------------------------------------------------------
 
+async def _api_error(request: Request, e: ApiError):
+    return _error_response(e.status, e.message, e.param, e.code, e.type)
+
+
+async def _http_error(request: Request, e: StarletteHTTPException):
+    return _error_response(e.status_code, str(e.detail), code="not_found" if e.status_code == 404 else None)
+
+
+async def _validation_error(request: Request, e: RequestValidationError):
+    first = e.errors()[0] if e.errors() else {}
+    param = str(first.get("loc", ["", "?"])[-1])
+    return _error_response(400, f"{param}: {first.get('msg', 'invalid value')}", param, "invalid_value")
+
+
+async def _body_limit(request: Request, call_next):
+    # Refuse an oversized body before reading it (the upload checks catch bodies sent without a length).
+    cfg = request.app.state.server.config
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > cfg.max_upload_mb * 2**20 + 64 * 1024:
+        return _error_response(413, f"the request body is {int(length) / 2**20:.1f} MB; this server accepts "
+                                    f"at most {cfg.max_upload_mb:g} MB", code="request_too_large")
+    return await call_next(request)
+
+
 def create_app(server: Server) -> FastAPI:
     app = FastAPI(title="videodit", docs_url=None, redoc_url=None, openapi_url=None)
-    cfg = server.config
-    if cfg.cors_origin:
-        app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origin), allow_methods=["*"],
+    app.state.server = server  # what _server hands every route
+    if server.config.cors_origin:
+        app.add_middleware(CORSMiddleware, allow_origins=list(server.config.cors_origin), allow_methods=["*"],
                            allow_headers=["*"])
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, e: ApiError):
-        return _error_response(e.status, e.message, e.param, e.code, e.type)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, e: StarletteHTTPException):
-        return _error_response(e.status_code, str(e.detail), code="not_found" if e.status_code == 404 else None)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, e: RequestValidationError):
-        first = e.errors()[0] if e.errors() else {}
-        param = str(first.get("loc", ["", "?"])[-1])
-        return _error_response(400, f"{param}: {first.get('msg', 'invalid value')}", param, "invalid_value")
-
-    @app.middleware("http")
-    async def body_limit(request: Request, call_next):
-        # Refuse an oversized body before reading it (the upload checks catch bodies sent without a length).
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > cfg.max_upload_mb * 2**20 + 64 * 1024:
-            return _error_response(413, f"the request body is {int(length) / 2**20:.1f} MB; this server accepts "
-                                        f"at most {cfg.max_upload_mb:g} MB", code="request_too_large")
-        return await call_next(request)
-
-    @app.get("/", response_class=HTMLResponse)
-    def page():
-        return PAGE
-
-    @app.get("/healthz")
-    def health():
-        return {"status": "ok", "models": list(server.pipes), "videos": server.store.counts()}
-
-    @app.post("/v1/videos")
-    async def create(request: Request):
-        owner = server.owner(request)
-        data = await read_body(request)
-        name = _model(server, data)
-        pipe = server.pipes[name]
-        prompt = _text(data, "prompt", cfg.max_prompt_chars, required=True)
-        size = _size(server, pipe, data.get("size"))
-        frames = _frames(server, pipe, data)
-        params = _sampling(server, data) | {"frames": frames}
-        if _bool(data, "loop"):
-            try:
-                loop_lengths(frames, pipe.config.frames)
-            except VideoditError as e:
-                raise ApiError(400, f"loop: {e}", param="loop", code="invalid_value") from None
-            params["loop"] = True
-        _check_request(pipe, frames, size, params.get("guidance"))
-        video_id, mode = f"video_{uuid.uuid4().hex}", "text"
-        if data.get("input_reference") not in (None, ""):
-            upload, _ = await _upload_bytes(server, data["input_reference"], "input_reference")
-            params["input"] = await run_in_threadpool(_save_image, server, upload, "input_reference", video_id)
-            mode = "animate"
-        try:
-            job = server.add(request, owner, video_id=video_id, model=name, mode=mode, size=size,
-                             seconds=seconds_text(frames, pipe.config.fps), prompt=prompt, params=params)
-        except ApiError:
-            server.store.remove_files(video_id, params.get("input"))
-            raise
-        if job.id != video_id:  # an idempotent retry: the earlier job stands
-            server.store.remove_files(video_id, params.get("input"))
-        return video_json(job)
-
-    @app.get("/v1/videos")
-    def list_videos(request: Request, limit: int = 20, after: str | None = None, order: str = "desc"):
-        owner = server.owner(request)
-        if not 1 <= limit <= LIST_LIMIT:
-            raise ApiError(400, f"limit {limit}: must be from 1 to {LIST_LIMIT}", param="limit", code="invalid_value")
-        if order not in ("asc", "desc"):
-            raise ApiError(400, f"order {order!r}: must be 'asc' or 'desc'", param="order", code="invalid_value")
-        anchor = None
-        if after:
-            anchor = server.store.get(after, owner)
-            if anchor is None:
-                raise ApiError(400, f"after {after!r}: no such video", param="after", code="invalid_value")
-        jobs, more = server.store.list(owner, limit, anchor, order)
-        data = [video_json(j) for j in jobs]
-        return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None, "has_more": more}
-
-    @app.get("/v1/videos/{video_id}")
-    def retrieve(request: Request, video_id: str):
-        job = server.job(video_id, server.owner(request))
-        return JSONResponse(video_json(job), headers={"openai-poll-after-ms": str(POLL_AFTER_MS)})
-
-    @app.delete("/v1/videos/{video_id}")
-    def delete(request: Request, video_id: str):
-        job = server.job(video_id, server.owner(request))
-        server.store.delete(job.id)
-        server.worker.cancel(job.id)
-        return {"id": job.id, "object": "video.deleted", "deleted": True}
-
-    @app.get("/v1/videos/{video_id}/content")
-    def content(request: Request, video_id: str, variant: str = "video"):
-        job = server.job(video_id, server.owner(request))
-        if variant not in VARIANTS:
-            raise ApiError(400, f"variant {variant!r}: must be one of {', '.join(VARIANTS)}", param="variant",
-                           code="invalid_value")
-        if job.status != "completed":
-            raise ApiError(409, f"video {video_id} is {job.status}; its content is there once it is completed",
-                           param="video_id", code="video_not_ready")
-        filename, media_type = VARIANTS[variant]
-        path = server.store.video_dir(job.id) / filename
-        if not path.is_file():
-            raise ApiError(404, f"video {video_id}: its {variant} file is missing from the data folder",
-                           code="not_found")
-        return FileResponse(path, media_type=media_type, filename=f"{job.id}{path.suffix}")
-
-    @app.post("/v1/videos/{video_id}/remix")
-    async def remix(request: Request, video_id: str):
-        owner = server.owner(request)
-        data = await read_body(request)
-        source = server.completed_source(video_id, owner, "remixed")
-        prompt = _text(data, "prompt", cfg.max_prompt_chars, required=True)
-        params = _sampling(server, data, strength=True)
-        job = server.add(request, owner, model=source.model, mode="remix", size=source.size, seconds=source.seconds,
-                         prompt=prompt, params=params, source_id=source.id)
-        return video_json(job)
-
-    async def _source(data: dict, owner: str, what: str) -> tuple[str, Pipeline, Job | None, dict]:
-        """The clip an edit or extension starts from: ({"id": ...} of a completed video, or an upload).
-        Returns (model name, pipeline, the source job or None, params with the upload's file name)."""
-        video = data.get("video")
-        if video in (None, ""):
-            raise ApiError(400, "missing required parameter: 'video' (an upload, or {\"id\": VIDEO_ID})",
-                           param="video", code="missing_required_parameter")
-        if isinstance(video, dict) and "id" in video:
-            source = server.completed_source(str(video["id"]), owner, what)
-            return source.model, server.pipes[source.model], source, {}
-        name = _model(server, data)
-        pipe = server.pipes[name]
-        upload, filename = await _upload_bytes(server, video, "video")
-        stored, frames = await run_in_threadpool(_save_clip, server, pipe, upload, filename, "video",
-                                                 f"video_{uuid.uuid4().hex}")
-        return name, pipe, None, {"input": stored, "input_frames": frames}
-
-    def _source_frames(pipe: Pipeline, source: Job | None, params: dict) -> int:
-        return params["input_frames"] if source is None else round(float(source.seconds) * pipe.config.fps) + 1
-
-    @app.post("/v1/videos/edits")
-    async def edit(request: Request):
-        owner = server.owner(request)
-        data = await read_body(request)
-        prompt = _text(data, "prompt", cfg.max_prompt_chars, required=True)
-        name, pipe, source, params = await _source(data, owner, "edited")
-        try:
-            size = source.size if source else _size(server, pipe, data.get("size"))
-            params |= _sampling(server, data, strength=True)
-            frames = _source_frames(pipe, source, params)
-            job = server.add(request, owner, model=name, mode="edit", size=size,
-                             seconds=seconds_text(frames, pipe.config.fps), prompt=prompt, params=params,
-                             source_id=source.id if source else None)
-        except ApiError:
-            server.store.remove_input(params.get("input"))
-            raise
-        return video_json(job)
-
-    @app.post("/v1/videos/extensions")
-    async def extend(request: Request):
-        owner = server.owner(request)
-        data = await read_body(request)
-        prompt = _text(data, "prompt", cfg.max_prompt_chars, required=True)
-        name, pipe, source, params = await _source(data, owner, "extended")
-        try:
-            if data.get("seconds") in (None, ""):
-                raise ApiError(400, "missing required parameter: 'seconds' (of new video)", param="seconds",
-                               code="missing_required_parameter")
-            new_frames = _new_frames(server, pipe, data["seconds"])
-            size = source.size if source else _size(server, pipe, data.get("size"))
-            total = _source_frames(pipe, source, params) + new_frames
-            if (total - 1) / pipe.config.fps > cfg.max_seconds:
-                raise ApiError(400, f"seconds {data['seconds']!r}: the extended video would be "
-                                    f"{seconds_text(total, pipe.config.fps)} s, longer than this server's "
-                                    f"--max-seconds {cfg.max_seconds:g}", param="seconds", code="invalid_value")
-            params |= _sampling(server, data) | {"new_frames": new_frames}
-            job = server.add(request, owner, model=name, mode="extend", size=size,
-                             seconds=seconds_text(total, pipe.config.fps), prompt=prompt, params=params,
-                             source_id=source.id if source else None)
-        except ApiError:
-            server.store.remove_input(params.get("input"))
-            raise
-        return video_json(job)
-
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.middleware("http")(_body_limit)
+    app.include_router(router)
     return app
 
 
