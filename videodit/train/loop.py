@@ -344,7 +344,124 @@ def train(cfg: LoopSettings, make_task, progress: bool = True, sp: int = 1) -> P
         cleanup()
 
 
+@dataclass
+class Run:
+    """What one training run holds besides the task: the optimizer, the EMA the loop updates (the
+    task's own, or under FSDP a copy sharded like the model, whose full state is gathered into the
+    task's on rank 0 whenever a bundle or a sample needs it), the guard and the log."""
+    cfg: LoopSettings
+    task: Task
+    dist: DistInfo
+    out: Path
+    log: CsvLog
+    sharded: bool
+    optimizer: torch.optim.Optimizer
+    ema: nn.Module
+    guard: DivergenceGuard
+    step: int = 0
+
+    @property
+    def use_dcp(self) -> bool:
+        return self.sharded or self.dist.world_size > 1
+
+    @property
+    def guarded(self) -> dict:
+        return {"model": self.task.model, "ema": self.ema, "optimizer": self.optimizer, **self.task.extra_modules()}
+
+    def gather_ema(self) -> None:
+        if self.sharded:
+            state = D.full_state(self.ema)  # a collective
+            if self.dist.is_main:
+                self.task.ema.load_state_dict(state)
+
+    def save(self) -> None:
+        # Both tasks restart their data from the step, so the data position is the step.
+        task, dist, step = self.task, self.dist, self.step
+        extra = {"guard": self.guard.state(), **{k: m.state_dict() for k, m in task.extra_modules().items()}}
+        if self.use_dcp:
+            D.save_dcp(self.out, rank=dist.rank, world=dist.world_size, device=dist.device, model=task.model,
+                       optimizer=self.optimizer, ema=self.ema,
+                       meta={"kind": task.kind, "step": step, "data_position": step, "config": task.run_config,
+                             "rng": capture_rng(), "extra": extra, "world_size": dist.world_size})
+        else:
+            save_checkpoint(self.out / "checkpoint.pt", kind=task.kind, step=step, data_position=step,
+                            config=task.run_config, model=task.model, optimizer=self.optimizer, ema=task.ema,
+                            extra=extra)
+        self.gather_ema()
+        if dist.is_main:
+            task.on_save()
+
+    def train_step(self, net: nn.Module, batch, lr: float) -> tuple[StepResult, float]:
+        """One step: the task's loss, then backward, clipping, AdamW and EMA unless the loss or the
+        gradient norm is not finite; the divergence guard then sees the outcome. Returns the
+        result and the gradient norm (NaN when the step was skipped)."""
+        cfg, task, dist, step = self.cfg, self.task, self.dist, self.step
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        # The same generator on every rank: each draws the global batch's numbers, keeps its rows.
+        result = task.step(net, batch, step, step_generator(cfg.seed, step, 0), lr)
+        monitor = float(rank_mean(result.monitor.detach().float(), dist))
+        grad_norm = math.nan
+        if math.isfinite(monitor):  # a NaN loss never reaches the weights
+            self.optimizer.zero_grad(set_to_none=True)
+            result.loss.backward()
+            grad_norm = D.grad_norm_value(nn.utils.clip_grad_norm_(task.model.parameters(), cfg.grad_clip))
+            if math.isfinite(grad_norm):
+                self.optimizer.step()
+                ema_update(self.ema, task.model, min(cfg.ema_decay, (1 + step) / (task.ema_warmup + step)))
+        self.step += 1
+        message = self.guard.observe(self.step, monitor if math.isfinite(grad_norm) else math.nan, self.guarded)
+        if message and dist.is_main:
+            tqdm.write(f"videodit: warning: {message}", file=sys.stderr)
+        return result, grad_norm
+
+
 def run(cfg: LoopSettings, task: Task, dist: DistInfo, progress: bool = True) -> Path:
+    r, net = _start_run(cfg, task, dist)
+    batches = task.batches(r.step)
+    bar = tqdm(total=cfg.steps, initial=r.step, desc=f"train {task.kind}", disable=not (progress and dist.is_main),
+               dynamic_ncols=True)
+    t_start = t_save = t_log = time.monotonic()
+    last_log = r.step
+    budget = 60 * cfg.max_minutes if cfg.max_minutes > 0 else math.inf
+    try:
+        while r.step < cfg.steps:
+            lr = lr_at(r.step, cfg, (time.monotonic() - t_start) / budget) * r.guard.lr_scale
+            result, grad_norm = r.train_step(net, next(batches), lr)
+            step = r.step
+            bar.update(1)
+            loss = float(rank_mean(result.loss.detach().float(), dist))
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            now = time.monotonic()
+            if dist.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+                rate = (step - last_log) / max(now - t_log, 1e-9)
+                last_log, t_log = step, now
+                r.log.write({"step": step, "loss": f"{loss:.6g}", "lr": f"{lr:.4g}", "grad_norm": f"{grad_norm:.5g}",
+                             "it_per_s": f"{rate:.4g}", "elapsed_s": f"{now - t_start:.1f}",
+                             **{k: short_value(v) for k, v in result.logs.items()}})
+            out_of_time = main_flag(now - t_start > budget, dist)
+            done = step == cfg.steps or out_of_time
+            # Rank 0's clock decides a time-based save: every rank takes part in a distributed one.
+            if main_flag(done or step % cfg.save_every == 0 or now - t_save > 60 * cfg.save_minutes, dist):
+                r.save()
+                t_save = time.monotonic()
+            elif task.wants_ema(step, done):
+                r.gather_ema()
+            if dist.is_main:
+                task.after_step(step, done)
+            if out_of_time:
+                tqdm.write(f"stopping at step {step}: --max-minutes {cfg.max_minutes:g} reached")
+                break
+        if not _has_checkpoint(r.out, r.use_dcp):
+            r.save()  # --steps 0 trains nothing, but the run has a checkpoint like any other
+    finally:
+        bar.close()
+    return task.finish() if dist.is_main else r.out / "bundle"
+
+
+def _start_run(cfg: LoopSettings, task: Task, dist: DistInfo) -> tuple[Run, nn.Module]:
+    """Resume from the newest checkpoint that verifies (or the task's init), shard or wrap the
+    model for several processes; returns the run and the module the steps call."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     sharded = cfg.parallel == "fsdp" and dist.world_size > 1
@@ -355,8 +472,6 @@ def run(cfg: LoopSettings, task: Task, dist: DistInfo, progress: bool = True) ->
         if dist.is_main:
             for p in [log.path] + [out / name for name in task.csv_logs]:
                 p.unlink(missing_ok=True)
-    # The EMA the loop updates: the task's own, or under FSDP a copy sharded like the model, whose
-    # full state is gathered into the task's (rank 0) whenever a bundle or a sample needs it.
     ema = task.ema
     if cfg.activation_checkpointing:
         D.checkpoint_activations(task.fsdp_units(task.model))
@@ -366,91 +481,15 @@ def run(cfg: LoopSettings, task: Task, dist: DistInfo, progress: bool = True) ->
         D.fully_shard_model(task.model, task.fsdp_units(task.model), bf16=cfg.bf16)
     optimizer = torch.optim.AdamW([p for p in task.model.parameters() if p.requires_grad], lr=cfg.lr,
                                   betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-    guarded = {"model": task.model, "ema": ema, "optimizer": optimizer, **task.extra_modules()}
-    use_dcp = sharded or dist.world_size > 1
-    step, guard = 0, DivergenceGuard(cfg.warmup_steps)
+    r = Run(cfg, task, dist, out, log, sharded, optimizer, ema, DivergenceGuard(cfg.warmup_steps))
     if found is not None:
-        step, guard = _resume(*found, cfg, task, dist, optimizer, ema, sharded, log)
+        r.step, r.guard = _resume(*found, cfg, task, dist, optimizer, ema, sharded, log)
+    r.guard.take_snapshot(r.step, r.guarded)
     net = task.model
     if dist.world_size > 1 and not sharded:
         net = nn.parallel.DistributedDataParallel(task.model, device_ids=[dist.device.index]
                                                   if dist.device.type == "cuda" else None)
-
-    def gather_ema() -> None:
-        if sharded:
-            state = D.full_state(ema)  # a collective
-            if dist.is_main:
-                task.ema.load_state_dict(state)
-
-    def save() -> None:
-        # Both tasks restart their data from the step, so the data position is the step.
-        extra = {"guard": guard.state(), **{k: m.state_dict() for k, m in task.extra_modules().items()}}
-        if use_dcp:
-            D.save_dcp(out, rank=dist.rank, world=dist.world_size, device=dist.device, model=task.model,
-                       optimizer=optimizer, ema=ema,
-                       meta={"kind": task.kind, "step": step, "data_position": step, "config": task.run_config,
-                             "rng": capture_rng(), "extra": extra, "world_size": dist.world_size})
-        else:
-            save_checkpoint(out / "checkpoint.pt", kind=task.kind, step=step, data_position=step,
-                            config=task.run_config, model=task.model, optimizer=optimizer, ema=task.ema, extra=extra)
-        gather_ema()
-        if dist.is_main:
-            task.on_save()
-
-    guard.take_snapshot(step, guarded)
-    batches = task.batches(step)
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {task.kind}", disable=not (progress and dist.is_main), dynamic_ncols=True)
-    t_start = t_save = t_log = time.monotonic()
-    last_log = step
-    budget = 60 * cfg.max_minutes if cfg.max_minutes > 0 else math.inf
-    try:
-        while step < cfg.steps:
-            lr = lr_at(step, cfg, (time.monotonic() - t_start) / budget) * guard.lr_scale
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            # The same generator on every rank: each draws the global batch's numbers, keeps its rows.
-            result = task.step(net, next(batches), step, step_generator(cfg.seed, step, 0), lr)
-            monitor = float(rank_mean(result.monitor.detach().float(), dist))
-            grad_norm = math.nan
-            if math.isfinite(monitor):  # a NaN loss never reaches the weights
-                optimizer.zero_grad(set_to_none=True)
-                result.loss.backward()
-                grad_norm = D.grad_norm_value(nn.utils.clip_grad_norm_(task.model.parameters(), cfg.grad_clip))
-                if math.isfinite(grad_norm):
-                    optimizer.step()
-                    ema_update(ema, task.model, min(cfg.ema_decay, (1 + step) / (task.ema_warmup + step)))
-            step += 1
-            bar.update(1)
-            message = guard.observe(step, monitor if math.isfinite(grad_norm) else math.nan, guarded)
-            if message and dist.is_main:
-                tqdm.write(f"videodit: warning: {message}", file=sys.stderr)
-            loss = float(rank_mean(result.loss.detach().float(), dist)) if dist.world_size > 1 else float(result.loss.detach())
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-            now = time.monotonic()
-            if dist.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
-                rate = (step - last_log) / max(now - t_log, 1e-9)
-                last_log, t_log = step, now
-                log.write({"step": step, "loss": f"{loss:.6g}", "lr": f"{lr:.4g}", "grad_norm": f"{grad_norm:.5g}",
-                           "it_per_s": f"{rate:.4g}", "elapsed_s": f"{now - t_start:.1f}",
-                           **{k: short_value(v) for k, v in result.logs.items()}})
-            out_of_time = main_flag(now - t_start > budget, dist)
-            done = step == cfg.steps or out_of_time
-            # Rank 0's clock decides a time-based save: every rank takes part in a distributed one.
-            if main_flag(done or step % cfg.save_every == 0 or now - t_save > 60 * cfg.save_minutes, dist):
-                save()
-                t_save = time.monotonic()
-            elif task.wants_ema(step, done):
-                gather_ema()
-            if dist.is_main:
-                task.after_step(step, done)
-            if out_of_time:
-                tqdm.write(f"stopping at step {step}: --max-minutes {cfg.max_minutes:g} reached")
-                break
-        if not _has_checkpoint(out, use_dcp):
-            save()  # --steps 0 trains nothing, but the run has a checkpoint like any other
-    finally:
-        bar.close()
-    return task.finish() if dist.is_main else out / "bundle"
+    return r, net
 
 
 def _has_checkpoint(out: Path, use_dcp: bool) -> bool:
