@@ -21,6 +21,7 @@ import random
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -178,18 +179,23 @@ def read_latest(path: str | Path, kind: str) -> tuple[dict, Path]:
     """The newest checkpoint that verifies: ``path``, else the previous one kept beside it (with a
     one-line warning that names what was wrong). Fails when neither can be used."""
     path = Path(path)
+    return with_fallback(path, previous_path(path), lambda p: read_checkpoint(p, kind))
+
+
+def with_fallback(newest: Path, prev: Path, read: Callable[[Path], dict]) -> tuple[dict, Path]:
+    """``read(newest)``, or when that fails and ``prev`` exists, ``read(prev)`` with a warning;
+    one error naming both problems when neither reads."""
     try:
-        return read_checkpoint(path, kind), path
-    except VideoditError as newest:
-        prev = previous_path(path)
-        if not prev.is_file():
+        return read(newest), newest
+    except VideoditError as e:
+        if not prev.exists():
             raise
         try:
-            payload = read_checkpoint(prev, kind)
+            payload = read(prev)
         except VideoditError as older:
-            raise VideoditError(f"{newest}; and the previous one: {older}") from None
-        warnings.warn(f"{newest}; resuming from {prev.name} (step {payload['step']}) instead", VideoditWarning,
-                      stacklevel=2)
+            raise VideoditError(f"{e}; and the previous one: {older}") from None
+        warnings.warn(f"{e}; resuming from {prev.name} (step {payload['step']}) instead", VideoditWarning,
+                      stacklevel=3)
         return payload, prev
 
 

@@ -29,7 +29,6 @@ without FSDP keeps the single-file format.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -37,8 +36,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from videodit.bundle import first_non_finite
+from videodit.bundle import file_sha256, first_non_finite
 from videodit.errors import VideoditError
+from videodit.train.checkpoint import with_fallback
 
 PARALLEL = ("ddp", "fsdp")  # --parallel
 DCP_DIR = "checkpoint.dcp"            # OUT/checkpoint.dcp/: the newest distributed checkpoint
@@ -128,16 +128,8 @@ def grad_norm_value(norm: torch.Tensor) -> float:
 # Distributed checkpoints
 # ---------------------------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _write_sums(folder: Path) -> None:
-    lines = "".join(f"{_sha256(p)}  {p.name}\n" for p in sorted(folder.iterdir()) if p.name != SUMS)
+    lines = "".join(f"{file_sha256(p)}  {p.name}\n" for p in sorted(folder.iterdir()) if p.name != SUMS)
     tmp = folder / (SUMS + ".tmp")
     with tmp.open("w") as f:
         f.write(lines)
@@ -157,7 +149,7 @@ def verify_dcp(folder: Path) -> None:
         digest, name = line.split(maxsplit=1)
         if not (folder / name).is_file():
             raise VideoditError(f"{folder}: {name} is missing")
-        if _sha256(folder / name) != digest:
+        if file_sha256(folder / name) != digest:
             raise VideoditError(f"{folder}: checksum mismatch in {name} (corrupt or modified since it was saved)")
 
 
@@ -177,23 +169,10 @@ def read_dcp_meta(folder: Path, kind: str) -> dict:
 def latest_dcp(out: Path, kind: str) -> tuple[dict, Path] | None:
     """The meta of the newest distributed checkpoint under ``out`` that verifies (else the previous
     one, with a warning), or None when there is none. Fails when neither verifies."""
-    import warnings
-
-    from videodit.errors import VideoditWarning
     newest, prev = out / DCP_DIR, out / DCP_PREV_DIR
     if not newest.exists() and not prev.exists():
         return None
-    try:
-        return read_dcp_meta(newest, kind), newest
-    except VideoditError as e:
-        if not prev.exists():
-            raise
-        try:
-            meta = read_dcp_meta(prev, kind)
-        except VideoditError as older:
-            raise VideoditError(f"{e}; and the previous one: {older}") from None
-        warnings.warn(f"{e}; resuming from {prev.name} (step {meta['step']}) instead", VideoditWarning, stacklevel=2)
-        return meta, prev
+    return with_fallback(newest, prev, lambda folder: read_dcp_meta(folder, kind))
 
 
 def _states(model: nn.Module, optimizer, ema: nn.Module) -> dict:
