@@ -313,3 +313,181 @@ def test_cli_generates_from_a_wan_folder(folder, tmp_path):
     assert main(argv) == 0
     video = read_video(out)
     assert video.frames.shape == (5, 32, 48, 3) and video.fps == wan.FPS
+
+
+# ----------------------------------------------------------------------------- Wan's original layout
+# The tiny diffusers folder rewritten with Wan's own key names (github.com/Wan-Video/Wan2.1,
+# wan/modules/{model,vae,t5}.py). These rules are typed here from Wan's module names, apart from
+# wan.py's tables, so a wrong correspondence there fails the equality below.
+
+DIT_TO_WAN = [(r"condition_embedder\.time_embedder\.linear_(\d)", lambda m: f"time_embedding.{2 * int(m[1]) - 2}"),
+              (r"condition_embedder\.text_embedder\.linear_(\d)", lambda m: f"text_embedding.{2 * int(m[1]) - 2}"),
+              (r"condition_embedder\.time_proj", "time_projection.1"), (r"^proj_out", "head.head"),
+              (r"^scale_shift_table", "head.modulation"), (r"\.scale_shift_table", ".modulation"),
+              (r"\.norm2\.", ".norm3."), (r"\.ffn\.net\.0\.proj\.", ".ffn.0."), (r"\.ffn\.net\.2\.", ".ffn.2."),
+              (r"\.attn1\.", ".self_attn."), (r"\.attn2\.", ".cross_attn."), (r"\.to_([qkv])\.", r".\1."),
+              (r"\.to_out\.0\.", ".o.")]
+VAE_TO_WAN = [(r"\.norm1\.", ".residual.0."), (r"\.conv1\.", ".residual.2."), (r"\.norm2\.", ".residual.3."),
+              (r"\.conv2\.", ".residual.6."), (r"\.conv_shortcut\.", ".shortcut."), (r"^quant_conv", "conv1"),
+              (r"^post_quant_conv", "conv2"), (r"\.conv_in\.", ".conv1."), (r"\.norm_out\.", ".head.0."),
+              (r"\.conv_out\.", ".head.2."), (r"mid_block\.resnets\.0", "middle.0"), (r"mid_block\.attentions\.0", "middle.1"),
+              (r"mid_block\.resnets\.1", "middle.2"), (r"down_blocks\.", "downsamples."),
+              # one residual block per stage in the tiny VAE: Wan's decoder stage is 2 residual blocks + a resampler
+              (r"up_blocks\.(\d)\.resnets\.(\d)", lambda m: f"upsamples.{3 * int(m[1]) + int(m[2])}"),
+              (r"up_blocks\.(\d)\.upsamplers\.0", lambda m: f"upsamples.{3 * int(m[1]) + 2}")]
+T5_TO_WAN = [(r"^shared\.", "token_embedding."), (r"^encoder\.final_layer_norm\.", "norm."),
+             (r"^encoder\.block\.", "blocks."), (r"layer\.0\.SelfAttention\.relative_attention_bias", "pos_embedding.embedding"),
+             (r"layer\.0\.SelfAttention\.", "attn."), (r"layer\.0\.layer_norm", "norm1"), (r"layer\.1\.layer_norm", "norm2"),
+             (r"layer\.1\.DenseReluDense\.wi_0", "ffn.gate.0"), (r"layer\.1\.DenseReluDense\.wi_1", "ffn.fc1"),
+             (r"layer\.1\.DenseReluDense\.wo", "ffn.fc2")]
+
+
+def _wan_names(state, rules):
+    import re
+
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in rules:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    return out
+
+
+def make_original_folder(diffusers_folder, root):
+    from safetensors.torch import load_file, save_file
+
+    root.mkdir()
+    save_file(_wan_names(load_file(diffusers_folder / "transformer" / wan.WEIGHTS), DIT_TO_WAN),
+              root / "diffusion_pytorch_model.safetensors")
+    t = json.loads((diffusers_folder / "transformer" / "config.json").read_text())
+    (root / "config.json").write_text(json.dumps({  # the fields WanModel registers (patch_size, text_dim are not)
+        "_class_name": "WanModel", "model_type": "t2v", "text_len": 512, "in_dim": t["in_channels"],
+        "dim": t["num_attention_heads"] * t["attention_head_dim"], "ffn_dim": t["ffn_dim"], "freq_dim": t["freq_dim"],
+        "out_dim": t["out_channels"], "num_heads": t["num_attention_heads"], "num_layers": t["num_layers"], "eps": t["eps"]}))
+    torch.save(_wan_names(load_file(diffusers_folder / "vae" / wan.WEIGHTS), VAE_TO_WAN), root / wan.ORIGINAL_VAE)
+    t5 = load_file(diffusers_folder / "text_encoder" / "model.safetensors")
+    t5.pop("encoder.embed_tokens.weight", None)  # tied to shared.weight; Wan stores it once
+    torch.save(_wan_names(t5, T5_TO_WAN), root / wan.ORIGINAL_T5)
+    shutil.copytree(diffusers_folder / "tokenizer", root / wan.ORIGINAL_TOKENIZER)
+    return root
+
+
+@pytest.fixture(scope="module")
+def original(folder, tmp_path_factory):
+    return make_original_folder(folder, tmp_path_factory.mktemp("wan-original") / "Wan-tiny")
+
+
+@pytest.fixture
+def tiny_latents(monkeypatch, reference):
+    # Wan's statistics are 16 values typed into its code; the tiny VAE has Z channels.
+    monkeypatch.setattr(wan, "ORIGINAL_LATENTS_MEAN", tuple(reference.vae.config.latents_mean))
+    monkeypatch.setattr(wan, "ORIGINAL_LATENTS_STD", tuple(reference.vae.config.latents_std))
+
+
+def test_original_key_names_are_wans(original):
+    # A few names as wan/modules/{model,vae,t5}.py define them, against the test's own rules.
+    from safetensors.torch import load_file
+
+    dit = load_file(original / "diffusion_pytorch_model.safetensors")
+    block = {k.removeprefix("blocks.0.") for k in dit if k.startswith("blocks.0.")}
+    assert block == {"modulation", "norm3.weight", "norm3.bias", "ffn.0.weight", "ffn.0.bias", "ffn.2.weight", "ffn.2.bias",
+                     *(f"{a}.{p}.{w}" for a in ("self_attn", "cross_attn") for p in "qkvo" for w in ("weight", "bias")),
+                     *(f"{a}.norm_{p}.weight" for a in ("self_attn", "cross_attn") for p in "qk")}
+    assert {"head.head.weight", "head.modulation", "time_projection.1.bias", "text_embedding.2.weight"} <= dit.keys()
+    vae = torch.load(original / wan.ORIGINAL_VAE, weights_only=True)
+    assert {"conv1.weight", "encoder.middle.1.to_qkv.weight", "decoder.upsamples.2.resample.1.weight",
+            "decoder.upsamples.3.shortcut.weight", "decoder.head.2.bias", "encoder.downsamples.0.residual.6.weight"} <= vae.keys()
+    t5 = torch.load(original / wan.ORIGINAL_T5, weights_only=True)
+    assert {"token_embedding.weight", "norm.weight", "blocks.1.pos_embedding.embedding.weight",
+            "blocks.0.ffn.gate.0.weight", "blocks.0.attn.o.weight"} <= t5.keys()
+
+
+def test_original_layout_loads_the_same_model(original, folder, pipe, tiny_latents):
+    assert wan.is_wan_folder(original) and wan.is_original_folder(original) and not wan.is_original_folder(folder)
+    ours = Pipeline.load(original)
+    for a, b in ((ours.dit, pipe.dit), (ours.vae, pipe.vae), (ours.text.model, pipe.text.model)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), type(a).__name__
+    prompts = [SENTENCES[0], "", SENTENCES[2]]
+    assert torch.equal(ours.text.encode(prompts)[0], pipe.text.encode(prompts)[0])
+    assert ours.config.sampler.shift == wan.ORIGINAL_SHIFT and ours.config.text.pad_to == wan.TEXT_TOKENS
+    latents = ours.generate_latents([SENTENCES[0]], frames=FRAMES, size=SIZE, sampler=_sampler())
+    assert torch.equal(latents, pipe.generate_latents([SENTENCES[0]], frames=FRAMES, size=SIZE, sampler=_sampler()))
+    assert torch.equal(ours.vae.decode(ours.vae.denormalize(latents)), pipe.vae.decode(pipe.vae.denormalize(latents)))
+
+
+def test_real_wan_1_3b_original_config_is_the_preset():
+    # config.json of Wan-AI/Wan2.1-T2V-1.3B: the fields WanModel registers, Wan 2.1 T2V-1.3B's values
+    # (wan/configs/wan_t2v_1_3B.py); patch_size and text_dim come from the weights' shapes.
+    cfg = {"_class_name": "WanModel", "model_type": "t2v", "text_len": 512, "in_dim": 16, "dim": 1536, "ffn_dim": 8960,
+           "freq_dim": 256, "out_dim": 16, "num_heads": 12, "num_layers": 30, "eps": 1e-06}
+    shapes = {"patch_embedding.weight": torch.empty(1536, 16, 1, 2, 2, device="meta"),
+              "text_embedding.0.weight": torch.empty(1536, 4096, device="meta")}
+    assert wan.original_dit_config(cfg, shapes, "config.json") == PRESETS["wan-1.3b"]
+    with pytest.raises(VideoditError, match="model_type 'i2v'"):
+        wan.original_dit_config(cfg | {"model_type": "i2v"}, shapes, "config.json")
+
+
+def _damage_dit(path):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(path / "diffusion_pytorch_model.safetensors")
+    del state["blocks.1.norm3.weight"]
+    save_file(state, path / "diffusion_pytorch_model.safetensors")
+
+
+class _Code:  # a class of the test's: weights_only=True refuses to unpickle it
+    pass
+
+
+def _pickled_vae(path):
+    torch.save({"model": _Code()}, path / wan.ORIGINAL_VAE)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: (p / wan.ORIGINAL_VAE).unlink(), f"missing {wan.ORIGINAL_VAE}"),
+    (lambda p: (p / wan.ORIGINAL_T5).unlink(), f"missing {wan.ORIGINAL_T5}"),
+    (lambda p: shutil.rmtree(p / "google"), "missing google/umt5-xxl/"),
+    (_damage_dit, r"missing keys \[blocks.1.norm3.weight\]"),
+    (_pickled_vae, "needs pickled code to load"),
+])
+def test_partial_original_folder_names_what_is_missing(original, tmp_path, tiny_latents, damage, message):
+    copy = shutil.copytree(original, tmp_path / "copy")
+    damage(copy)
+    with pytest.raises(VideoditError, match=message) as e:
+        Pipeline.load(copy)
+    assert "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------- model CPU offload
+
+
+def test_offload_is_a_no_op_on_cpu(folder):
+    p = Pipeline.load(folder)
+    wan.enable_offload(p, "cpu")
+    assert "forward" not in vars(p.dit) and "decode" not in vars(p.vae)  # nothing wrapped
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")  # the bf16 autocast offload enters on "cuda"
+def test_offload_moves_one_model_at_a_time(folder, pipe, monkeypatch):
+    # A CPU-only machine cannot move to CUDA: record each move instead of making it, so the
+    # models run where they are and the recorded order is what a GPU would see.
+    moves = []
+    names = {}
+
+    def record(x, device):
+        moves.append((names.get(id(x), "tensor"), str(device)))
+        return x
+
+    p = Pipeline.load(folder)
+    names.update({id(p.text.model): "text", id(p.dit): "dit", id(p.vae): "vae"})
+    expected_video = pipe(PROMPT, frames=FRAMES, size=SIZE, steps=2)
+    monkeypatch.setattr(wan, "_to", record)
+    wan.enable_offload(p, "cuda")
+    assert moves == [("text", "cpu"), ("dit", "cpu"), ("vae", "cpu")]  # all wait on the CPU
+    moves.clear()
+    video = p(PROMPT, frames=FRAMES, size=SIZE, steps=2)
+    models = [m for m in moves if m[0] != "tensor"]
+    assert models == [("text", "cuda"), ("text", "cpu"), ("dit", "cuda"), ("dit", "cpu"), ("vae", "cuda")]
+    assert ("tensor", "cuda") in moves and ("tensor", "cpu") in moves  # inputs there, results back
+    assert (video == expected_video).all()

@@ -106,16 +106,17 @@ class Pipeline:
             use_cpu_threads()
         from videodit.interop import wan
 
-        if wan.is_wan_folder(path):  # Wan 2.1 in diffusers' layout (docs/WAN.md)
-            vae, dit, fields = wan.load(path, device)
+        if wan.is_wan_folder(path):  # Wan 2.1, diffusers' layout or Wan's own (docs/WAN.md)
+            vae, dit, text, fields = wan.load(path, device)
             config = BundleConfig(**fields)
         else:
             config = _read_bundle_config(path)
             vae = VideoVAE.from_pretrained(path / "vae", device=device)
             dit = load_dit(path / "dit", device=device)
+            text = TextEncoder(config.text, device=device)
         if lora is not None:
             load_lora(dit, lora, scale=lora_scale)
-        return cls(vae, dit, TextEncoder(config.text, device=device), config)
+        return cls(vae, dit, text, config)
 
     def save(self, path: str | Path) -> Path:
         """Write the bundle atomically: a crash leaves the old bundle at ``path`` or the new one."""

@@ -33,7 +33,9 @@ per-channel latent statistics.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +46,7 @@ from videodit import bundle
 from videodit.dit import DiT, DiTConfig
 from videodit.errors import VideoditError
 from videodit.sample import SamplerConfig
-from videodit.text import TextEncoderConfig
+from videodit.text import DTYPES, TextEncoder, TextEncoderConfig
 from videodit.vae import TEMPORAL_STRIDE
 
 PIPELINE_CLASS = "WanPipeline"
@@ -73,13 +75,22 @@ def _json(path: Path, what: str) -> dict:
         raise VideoditError(f"{path}: not valid JSON ({e})") from None
 
 
-def is_wan_folder(path: str | Path) -> bool:
-    """True for a folder whose model_index.json names a WanPipeline (diffusers' layout)."""
-    index = Path(path) / "model_index.json"
+def _class_name(path: Path) -> str | None:
     try:
-        return json.loads(index.read_text()).get("_class_name") == PIPELINE_CLASS
+        return json.loads(path.read_text()).get("_class_name")
     except (OSError, ValueError, AttributeError):
-        return False
+        return None
+
+
+def is_original_folder(path: str | Path) -> bool:
+    """True for Wan's own layout: a config.json naming WanModel at the top of the folder."""
+    return _class_name(Path(path) / bundle.CONFIG) == ORIGINAL_DIT_CLASS
+
+
+def is_wan_folder(path: str | Path) -> bool:
+    """True for a Wan folder in either layout: diffusers' (model_index.json names a WanPipeline)
+    or Wan's own (is_original_folder)."""
+    return _class_name(Path(path) / "model_index.json") == PIPELINE_CLASS or is_original_folder(path)
 
 
 def check_folder(path: Path) -> None:
@@ -242,11 +253,13 @@ def load_dit(folder: str | Path, device: str | torch.device = "cpu") -> DiT:
     wan = read_safetensors(folder)
     wan.pop("norm_added_q.weight", None)  # diffusers ignores this stray key of some checkpoints too
     _check_keys(_wan_shapes(cfg), wan, str(folder))
-    state = dit_state(wan, cfg)
-    del wan
+    return _build_dit(cfg, dit_state(wan, cfg), str(folder), device)
+
+
+def _build_dit(cfg: DiTConfig, state: dict[str, torch.Tensor], source: str, device) -> DiT:
     with torch.device("meta"):  # no random init of ~1.3 B parameters only to overwrite them
         dit = DiT(cfg)
-    bundle.check_state_dict(dit, state, str(folder))
+    bundle.check_state_dict(dit, state, source)
     dit.load_state_dict(state, assign=True)
     return dit.to(device).eval()
 
@@ -298,11 +311,12 @@ class WanVAE(nn.Module):
         self._tiling()
         return self.model.decode(z.to(self.mean.dtype)).sample
 
+    # The statistics follow z's device, so an offloaded VAE (enable_offload) need not move for them.
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self.mean) / self.std
+        return (z - self.mean.to(z.device)) / self.std.to(z.device)
 
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self.std + self.mean
+        return z * self.std.to(z.device) + self.mean.to(z.device)
 
     def save_pretrained(self, path):
         raise VideoditError("a pipeline loaded from a Wan folder is not saved as a videodit bundle; keep the folder")
@@ -380,20 +394,313 @@ def sampler_config(folder: Path) -> SamplerConfig:
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", *, vae_tile: int | None = None):
-    """(WanVAE, DiT, the fields of the pipeline's BundleConfig) of a Wan folder; the text encoder
-    is built by the pipeline from fields["text"]. Everything is checked before the large weights load."""
+    """(WanVAE, DiT, TextEncoder, the fields of the pipeline's BundleConfig) of a Wan folder in
+    either layout. Every file, key and shape is checked before the large weights load."""
     path = Path(path)
+    if is_original_folder(path):
+        return _load_original(path, device, vae_tile)
     check_folder(path)
     text = text_config(path)
     sampler = sampler_config(path / "scheduler")
     vae = load_vae(path / "vae", device, vae_tile)
     dit = load_dit(path / "transformer", device)
-    if dit.config.in_channels != vae.cfg.latent_channels or dit.config.text_dim != _text_width(path):
-        raise VideoditError(f"{path}: transformer takes {dit.config.in_channels} latent channels and text of width "
-                            f"{dit.config.text_dim}; vae/ and text_encoder/ do not fit")
-    return vae, dit, dict(text=text, sampler=sampler, size=DEFAULT_SIZE, frames=DEFAULT_FRAMES, fps=FPS)
+    _check_fit(path, dit, vae.cfg.latent_channels, _text_width(path))
+    fields = dict(text=text, sampler=sampler, size=DEFAULT_SIZE, frames=DEFAULT_FRAMES, fps=FPS)
+    return vae, dit, TextEncoder(text, device=device), fields
 
 
 def _text_width(path: Path) -> int:
     return _json(path / "text_encoder" / bundle.CONFIG, "the text encoder's config").get("d_model", -1)
+
+
+def _check_fit(path: Path, dit: DiT, latent_channels: int, text_width: int) -> None:
+    if dit.config.in_channels != latent_channels or dit.config.text_dim != text_width:
+        raise VideoditError(f"{path}: the DiT takes {dit.config.in_channels} latent channels and text of width "
+                            f"{dit.config.text_dim}; the VAE makes {latent_channels}, the text encoder {text_width}")
+
+
+# ----------------------------------------------------------------------------- Wan's original layout
+# The folder Wan-AI publishes as Wan2.1-T2V-1.3B (github.com/Wan-Video/Wan2.1, wan/configs/wan_t2v_1_3B.py):
+#     config.json                          WanModel's config (wan/modules/model.py)   -> videodit.dit.DiT
+#     diffusion_pytorch_model*.safetensors its weights, Wan's key names
+#     Wan2.1_VAE.pth                       Wan's VAE state dict (wan/modules/vae.py)   -> WanVAE
+#     models_t5_umt5-xxl-enc-bf16.pth      Wan's UMT5-XXL encoder (wan/modules/t5.py)  -> transformers' UMT5EncoderModel
+#     google/umt5-xxl/                     its tokenizer
+# Each is mapped key by key into the module the diffusers layout loads, so both layouts run the same code.
+
+ORIGINAL_DIT_CLASS = "WanModel"
+ORIGINAL_VAE = "Wan2.1_VAE.pth"
+ORIGINAL_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
+ORIGINAL_TOKENIZER = "google/umt5-xxl"
+ORIGINAL_SHIFT = 5.0  # Wan's generate.py default --sample_shift for text-to-video (no scheduler file here)
+# Wan 2.1's latent statistics: typed into wan/modules/vae.py (WanVAE), not stored in the .pth.
+ORIGINAL_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+                         0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
+ORIGINAL_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+                        3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+
+# Module names, Wan's -> diffusers' (a parameter's last name is kept). In a WanAttentionBlock Wan
+# runs norm1, norm3, norm2: norm3 is the cross-attention's affine LayerNorm, diffusers' norm2.
+_DIT_NAMES = {"time_embedding.0": "condition_embedder.time_embedder.linear_1",
+              "time_embedding.2": "condition_embedder.time_embedder.linear_2",
+              "text_embedding.0": "condition_embedder.text_embedder.linear_1",
+              "text_embedding.2": "condition_embedder.text_embedder.linear_2",
+              "time_projection.1": "condition_embedder.time_proj",
+              "head.head": "proj_out", "head.modulation": "scale_shift_table"}
+_DIT_BLOCK_NAMES = {"modulation": "scale_shift_table", "norm3": "norm2", "ffn.0": "ffn.net.0.proj", "ffn.2": "ffn.net.2",
+                    **{f"{wan}.{a}": f"{ours}.{b}" for wan, ours in (("self_attn", "attn1"), ("cross_attn", "attn2"))
+                       for a, b in (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("o", "to_out.0"),
+                                    ("norm_q", "norm_q"), ("norm_k", "norm_k"))}}
+# Wan's T5 encoder block -> transformers' UMT5 block (every UMT5 layer has its own relative bias).
+_T5_BLOCK_NAMES = {"norm1": "layer.0.layer_norm", "attn.q": "layer.0.SelfAttention.q", "attn.k": "layer.0.SelfAttention.k",
+                   "attn.v": "layer.0.SelfAttention.v", "attn.o": "layer.0.SelfAttention.o",
+                   "pos_embedding.embedding": "layer.0.SelfAttention.relative_attention_bias",
+                   "norm2": "layer.1.layer_norm", "ffn.gate.0": "layer.1.DenseReluDense.wi_0",  # the GELU'd half
+                   "ffn.fc1": "layer.1.DenseReluDense.wi_1", "ffn.fc2": "layer.1.DenseReluDense.wo"}
+_T5_NAMES = {"token_embedding": "shared", "norm": "encoder.final_layer_norm"}
+# Wan's VAE -> diffusers' AutoencoderKLWan (read from diffusers' scripts/convert_wan_to_diffusers.py).
+_VAE_RESNET_NAMES = {"residual.0": "norm1", "residual.2": "conv1", "residual.3": "norm2", "residual.6": "conv2",
+                     "shortcut": "conv_shortcut"}
+_VAE_NAMES = {"conv1": "quant_conv", "conv2": "post_quant_conv", "encoder.conv1": "encoder.conv_in",
+              "decoder.conv1": "decoder.conv_in", "encoder.head.0": "encoder.norm_out", "encoder.head.2": "encoder.conv_out",
+              "decoder.head.0": "decoder.norm_out", "decoder.head.2": "decoder.conv_out"}
+
+
+def _renamed(name: str, names: dict[str, str]) -> str:
+    """``name`` with its module (all but the last part) looked up in ``names``; a whole name too."""
+    if name in names:
+        return names[name]
+    module, _, leaf = name.rpartition(".")
+    return f"{names.get(module, module)}.{leaf}"
+
+
+def _inverse(names: dict[str, str]) -> dict[str, str]:
+    return {v: k for k, v in names.items()}
+
+
+def dit_key(key: str, to_wan: bool = False) -> str:
+    """A WanModel key as diffusers names it (``to_wan``: the other way)."""
+    top, block = (_inverse(_DIT_NAMES), _inverse(_DIT_BLOCK_NAMES)) if to_wan else (_DIT_NAMES, _DIT_BLOCK_NAMES)
+    if key.startswith("blocks."):
+        _, i, rest = key.split(".", 2)
+        return f"blocks.{i}.{_renamed(rest, block)}"
+    return _renamed(key, top)
+
+
+def t5_key(key: str, to_wan: bool = False) -> str:
+    """A key of Wan's T5Encoder as transformers' UMT5EncoderModel names it (``to_wan``: the other way)."""
+    top, block = (_inverse(_T5_NAMES), _inverse(_T5_BLOCK_NAMES)) if to_wan else (_T5_NAMES, _T5_BLOCK_NAMES)
+    wan_block, ours_block = ("encoder.block.", "blocks.") if to_wan else ("blocks.", "encoder.block.")
+    if key.startswith(wan_block):
+        i, rest = key.removeprefix(wan_block).split(".", 1)
+        return f"{ours_block}{i}.{_renamed(rest, block)}"
+    return _renamed(key, top)
+
+
+def vae_key(key: str, res_blocks: int) -> str:
+    """A key of Wan's VAE (WanVAE_) as diffusers' AutoencoderKLWan names it. Wan's decoder is one
+    flat list, per stage ``res_blocks`` + 1 residual blocks then a resampler; diffusers nests it."""
+    if key.rpartition(".")[0] in _VAE_NAMES:
+        return _renamed(key, _VAE_NAMES)
+    side, part, *rest = key.split(".")
+    if part == "middle":  # (resnet, attention, resnet)
+        i, *rest = rest
+        part = {"0": "mid_block.resnets.0", "1": "mid_block.attentions.0", "2": "mid_block.resnets.1"}[i]
+    elif part == "downsamples":  # the same flat list in diffusers
+        i, *rest = rest
+        part = f"down_blocks.{i}"
+    elif part == "upsamples":
+        i, *rest = rest
+        stage, j = divmod(int(i), res_blocks + 2)
+        part = f"up_blocks.{stage}." + (f"resnets.{j}" if j <= res_blocks else "upsamplers.0")
+    tail = ".".join(rest)
+    return f"{side}.{part}.{_renamed(tail, _VAE_RESNET_NAMES) if '.' in tail else tail}"
+
+
+def read_pth(path: Path) -> dict[str, torch.Tensor]:
+    """A .pth state dict, read with weights_only=True only: a file that needs pickled code is refused."""
+    import pickle
+    import zipfile
+
+    try:  # mmap: the 11 GB T5 file is paged in, not copied (zip-format files, torch.save's since 1.6)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VideoditError(f"{path}: needs pickled code to load ({first}); videodit reads .pth files with "
+                            f"weights_only=True only") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise VideoditError(f"{path}: not a readable torch file ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise VideoditError(f"{path}: not a state dict (a dict of tensors)")
+    bundle.check_finite(state, str(path))
+    return state
+
+
+def check_original_folder(path: Path) -> None:
+    """Every file Wan's layout needs, or one error naming the missing ones."""
+    weights = any(path.glob("diffusion_pytorch_model*.safetensors"))
+    tokenizer = path / ORIGINAL_TOKENIZER
+    missing = [name for name, ok in (("diffusion_pytorch_model*.safetensors", weights),
+                                     (ORIGINAL_VAE, (path / ORIGINAL_VAE).is_file()),
+                                     (ORIGINAL_T5, (path / ORIGINAL_T5).is_file()),
+                                     (ORIGINAL_TOKENIZER + "/", tokenizer.is_dir())) if not ok]
+    if missing:
+        raise VideoditError(f"{path}: not a complete Wan folder, missing {', '.join(missing)}")
+    if not any((tokenizer / f).is_file() for f in ("tokenizer.json", "spiece.model")):
+        raise VideoditError(f"{tokenizer}: no tokenizer.json or spiece.model")
+
+
+def original_dit_config(cfg: dict, wan: dict[str, torch.Tensor], source: str) -> DiTConfig:
+    """The DiTConfig of WanModel's config.json. WanModel leaves patch_size and text_dim out of its
+    config (ignore_for_config), so they are read from the weights' shapes."""
+    if cfg.get("model_type", "t2v") != "t2v":
+        raise VideoditError(f"{source}: model_type {cfg['model_type']!r}; videodit loads Wan 2.1 text-to-video (t2v)")
+    try:
+        heads = cfg["num_heads"]
+        patch = wan["patch_embedding.weight"].shape[2:]  # (D, c, pt, ph, pw)
+        text_dim = wan["text_embedding.0.weight"].shape[1]
+        as_diffusers = {"_class_name": TRANSFORMER_CLASS, "num_attention_heads": heads,
+                        "attention_head_dim": cfg["dim"] // heads, "ffn_dim": cfg["ffn_dim"], "freq_dim": cfg["freq_dim"],
+                        "in_channels": cfg["in_dim"], "out_channels": cfg["out_dim"], "num_layers": cfg["num_layers"],
+                        "eps": cfg["eps"], "text_dim": text_dim, "patch_size": list(patch)}
+    except KeyError as e:
+        raise VideoditError(f"{source}: no {e.args[0]!r} (in config.json or its weights)") from None
+    return dit_config(as_diffusers, source)
+
+
+def _original_vae(path: Path, device, tile: int | None) -> WanVAE:
+    from diffusers import AutoencoderKLWan
+
+    source = path / ORIGINAL_VAE
+    wan = read_pth(source)
+    try:  # the architecture, from the shapes: Wan's file stores no config
+        down = sorted({int(k.split(".")[2]) for k in wan if k.startswith("encoder.downsamples.")})
+        resamplers = [i for i in down if f"encoder.downsamples.{i}.resample.1.weight" in wan]
+        stages = len(resamplers) + 1
+        res_blocks = (len(down) - len(resamplers)) // stages
+        base = wan["encoder.conv1.weight"].shape[0]
+        z = wan["conv2.weight"].shape[0]
+        cfg = dict(base_dim=base, z_dim=z, num_res_blocks=res_blocks, attn_scales=[],
+                   dim_mult=[wan[f"encoder.downsamples.{s * (res_blocks + 1)}.residual.2.weight"].shape[0] // base
+                             for s in range(stages)],
+                   temperal_downsample=[f"encoder.downsamples.{i}.time_conv.weight" in wan for i in resamplers],
+                   latents_mean=list(ORIGINAL_LATENTS_MEAN), latents_std=list(ORIGINAL_LATENTS_STD))
+    except (KeyError, IndexError, ValueError) as e:
+        raise VideoditError(f"{source}: not a Wan 2.1 VAE state dict ({e})") from None
+    if any(".to_qkv." in k for k in wan if not k.split(".")[1] == "middle") or z != len(ORIGINAL_LATENTS_MEAN):
+        raise VideoditError(f"{source}: a {z}-channel VAE or one with attention outside its middle blocks; "
+                            f"Wan 2.1's has {len(ORIGINAL_LATENTS_MEAN)} channels and none")
+    model = AutoencoderKLWan(**cfg)
+    state = {vae_key(k, res_blocks): v for k, v in wan.items()}
+    _check_keys({k: v.shape for k, v in model.state_dict().items()}, state, f"{source} (keys in diffusers' names)")
+    model.load_state_dict(state)
+    vae_cfg = WanVAEConfig(latent_channels=z, spatial_stride=2 ** (stages - 1), latents_mean=ORIGINAL_LATENTS_MEAN,
+                           latents_std=ORIGINAL_LATENTS_STD, decoder_channels=base)
+    return WanVAE(model.float(), vae_cfg, tile).to(device).eval()
+
+
+class _BuiltTextEncoder(TextEncoder):
+    """A TextEncoder around a model built here (Wan's T5 mapped in memory) rather than read from a
+    Hugging Face folder by TextEncoder itself; it sets what TextEncoder.__init__ sets."""
+
+    def __init__(self, config: TextEncoderConfig, tokenizer, model: nn.Module, device):
+        self.config, self.device = config, torch.device(device)
+        self.tokenizer, self.model = tokenizer, model.to(self.device).eval()
+        self.dim = model.config.hidden_size
+        self._cache = OrderedDict()
+
+
+def _original_text(path: Path, device) -> TextEncoder:
+    import transformers
+
+    source = path / ORIGINAL_T5
+    wan = read_pth(source)
+    try:  # UMT5-XXL's sizes, from the shapes (Wan's umt5_xxl in wan/modules/t5.py types them)
+        buckets, heads = wan["blocks.0.pos_embedding.embedding.weight"].shape
+        vocab, width = wan["token_embedding.weight"].shape
+        cfg = transformers.UMT5Config(vocab_size=vocab, d_model=width, d_kv=wan["blocks.0.attn.q.weight"].shape[0] // heads,
+                                      d_ff=wan["blocks.0.ffn.fc1.weight"].shape[0], num_heads=heads,
+                                      num_layers=len({k.split(".")[1] for k in wan if k.startswith("blocks.")}),
+                                      relative_attention_num_buckets=buckets, feed_forward_proj="gated-gelu")
+    except (KeyError, ValueError) as e:
+        raise VideoditError(f"{source}: not a T5 encoder state dict (no {e})") from None
+    with torch.device("meta"):
+        model = transformers.UMT5EncoderModel(cfg)
+    expected = {t5_key(k, to_wan=True): v.shape for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    _check_keys(expected, wan, str(source))
+    state = {t5_key(k): v for k, v in wan.items()}
+    state["encoder.embed_tokens.weight"] = state["shared.weight"]  # tied in UMT5, stored once by Wan
+    model.load_state_dict(state, assign=True)
+    dtype = "bfloat16" if wan["token_embedding.weight"].dtype in (torch.bfloat16, torch.float16) else "float32"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path / ORIGINAL_TOKENIZER, local_files_only=True)
+    config = TextEncoderConfig(model=str(source), tokenizer=str(path / ORIGINAL_TOKENIZER), max_length=TEXT_TOKENS,
+                               pad_to=TEXT_TOKENS, dtype=dtype)
+    return _BuiltTextEncoder(config, tokenizer, model.to(DTYPES[dtype]), device)
+
+
+def _load_original(path: Path, device, vae_tile: int | None):
+    check_original_folder(path)
+    source = str(path / bundle.CONFIG)
+    cfg = _json(path / bundle.CONFIG, "WanModel's config")
+    wan = read_safetensors(path)
+    dit_cfg = original_dit_config(cfg, wan, source)
+    _check_keys({dit_key(k, to_wan=True): s for k, s in _wan_shapes(dit_cfg).items()}, wan, str(path))
+    diffusers_named = {dit_key(k): v for k, v in wan.items()}
+    del wan
+    dit = _build_dit(dit_cfg, dit_state(diffusers_named, dit_cfg), str(path), device)
+    del diffusers_named
+    vae = _original_vae(path, device, vae_tile)
+    text = _original_text(path, device)
+    _check_fit(path, dit, vae.cfg.latent_channels, text.dim)
+    sampler = SamplerConfig(steps=DEFAULT_STEPS, guidance=DEFAULT_GUIDANCE, guidance_interval=(0.0, 1.0),
+                            shift=ORIGINAL_SHIFT)
+    return vae, dit, text, dict(text=text.config, sampler=sampler, size=DEFAULT_SIZE, frames=DEFAULT_FRAMES, fps=FPS)
+
+
+# ----------------------------------------------------------------------------- model CPU offload
+
+
+def _to(x, device):  # the one place offload moves a module or a tensor (tests record it)
+    return x.to(device)
+
+
+def enable_offload(pipe, device: str | torch.device = "cuda") -> None:
+    """Model CPU offload: the text encoder, the DiT and the VAE wait on the CPU, and each moves to
+    ``device`` when it is called, sending the model that ran before it back to the CPU (the policy
+    of diffusers' enable_model_cpu_offload): one model at a time holds device memory, and the DiT
+    stays on ``device`` for all its sampling steps. Load the pipeline on the CPU, then call this.
+
+    Callers see no difference: tensor arguments go to ``device``, tensor results come back to the
+    device of the first tensor argument, and a bf16 autocast the caller runs under (the sampler's)
+    is entered on ``device`` too. A no-op for device "cpu"."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return
+    held = {"module": None}  # the model on ``device`` now
+
+    def offloaded(module: nn.Module, method):
+        def run(*args, **kwargs):
+            if held["module"] is not module:
+                if held["module"] is not None:
+                    _to(held["module"], "cpu")
+                _to(module, device)
+                held["module"] = module
+            tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+            caller = tensors[0].device if tensors else torch.device("cpu")
+            args = [_to(a, device) if isinstance(a, torch.Tensor) else a for a in args]
+            kwargs = {k: _to(v, device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+            amp = torch.autocast(device.type, torch.get_autocast_dtype(caller.type)) \
+                if torch.is_autocast_enabled(caller.type) else contextlib.nullcontext()
+            with amp:
+                out = method(*args, **kwargs)
+            return _to(out, caller) if isinstance(out, torch.Tensor) else out
+        return run
+
+    for module in (pipe.text.model, pipe.dit, pipe.vae):
+        _to(module, "cpu")
+    # Instance attributes shadow the class's methods; nn.Module.__call__ calls self.forward.
+    pipe.text.model.forward = offloaded(pipe.text.model, pipe.text.model.forward)
+    pipe.dit.forward = offloaded(pipe.dit, pipe.dit.forward)
+    pipe.vae.encode = offloaded(pipe.vae, pipe.vae.encode)
+    pipe.vae.decode = offloaded(pipe.vae, pipe.vae.decode)
 
