@@ -1,7 +1,8 @@
-"""Wan 2.1 text-to-video (Wan-AI, Apache-2.0) from a local folder in diffusers' layout.
+"""Wan 2.1 text-to-video (Wan-AI, Apache-2.0) from a local folder in diffusers' layout or in
+Wan's own (the section "Wan's original layout" below), and model CPU offload (enable_offload).
 
     pipe = Pipeline.load("Wan2.1-T2V-1.3B-Diffusers")    # Pipeline.load recognises the layout
-    vae, dit, fields = load("Wan2.1-T2V-1.3B-Diffusers")  # the parts; fields: a BundleConfig's
+    vae, dit, text, fields = load("Wan2.1-T2V-1.3B")     # the parts; fields: a BundleConfig's
 
 The folder is what ``WanPipeline.save_pretrained`` writes (docs/WAN.md):
     model_index.json     {"_class_name": "WanPipeline", ...}
@@ -520,16 +521,20 @@ def vae_key(key: str, res_blocks: int) -> str:
 def read_pth(path: Path) -> dict[str, torch.Tensor]:
     """A .pth state dict, read with weights_only=True only: a file that needs pickled code is refused."""
     import pickle
+    import re
     import zipfile
 
     try:  # mmap: the 11 GB T5 file is paged in, not copied (zip-format files, torch.save's since 1.6)
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise VideoditError(f"{path}: needs pickled code to load ({first}); videodit reads .pth files with "
-                            f"weights_only=True only") from None
+        code = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if code:
+            raise VideoditError(f"{path}: needs pickled code to load ({code[1]}); videodit reads .pth files "
+                                f"with weights_only=True only") from None
+        raise VideoditError(f"{path}: not a readable torch file (unpickling failed)") from None
     except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise VideoditError(f"{path}: not a readable torch file ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VideoditError(f"{path}: not a readable torch file ({first})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise VideoditError(f"{path}: not a state dict (a dict of tensors)")
     bundle.check_finite(state, str(path))
