@@ -10,9 +10,9 @@ latents near --init's. Fine-tuning (``--finetune decoder|encoder``) freezes the 
 Every random draw of a step (the crop, the posterior noise) comes from the loop's generator for
 (seed, step), and the data stream restarts at the step's sample, so a resumed run is exact.
 Under torchrun --batch-size is the global batch (a multiple of the number of processes), each
-rank reading its slice; the crop window is the same on every rank, the posterior noise (and
---crop-focus windows) are drawn per rank, so W processes follow one process's loss curve in
-distribution, not draw for draw (docs/SCALING.md).
+rank reading its slice; every rank draws the crop, the --crop-focus windows, the posterior noise
+and --latent-noise for all rows of the global batch and keeps its own (TrainingVAE), so W
+processes train on the same pixels with the same draws as one process (docs/SCALING.md).
 
 Outputs under ``out``: checkpoint.pt (+ checkpoint.prev.pt, each with a .sha256), log.csv, and
 bundle/ (EMA weights + config.json with the measured latent normalisation) at the end.
@@ -243,9 +243,11 @@ def _batches(make_stream: StreamFactory, start: int, cfg: VAETrainConfig, part: 
         yield batch["video"]
 
 
-def _crop(x: torch.Tensor, cfg: VAETrainConfig, gen: torch.Generator, stride: int = 1) -> torch.Tensor:
+def _crop(x: torch.Tensor, cfg: VAETrainConfig, gen: torch.Generator, stride: int = 1,
+          rows: tuple[int, int] | None = None) -> torch.Tensor:
     """(B, 3, F, H, W) -> (B, 3, crop_frames, crop, crop): one random window per batch, or with
-    ``cfg.crop_focus`` one window per clip where its edges and motion are (see focus_windows)."""
+    ``cfg.crop_focus`` one window per clip where its edges and motion are (see focus_windows;
+    ``rows`` as there)."""
     _, _, Fr, H, W = x.shape
     if cfg.crop_frames and cfg.crop_frames < Fr:
         t0 = int(torch.randint(0, Fr - cfg.crop_frames + 1, (1,), generator=gen))
@@ -253,7 +255,7 @@ def _crop(x: torch.Tensor, cfg: VAETrainConfig, gen: torch.Generator, stride: in
     if cfg.crop_size and (cfg.crop_size < H or cfg.crop_size < W):
         if cfg.crop_focus:
             c = cfg.crop_size
-            corners = focus_windows(x, c, stride, gen)
+            corners = focus_windows(x, c, stride, gen, rows)
             return torch.stack([clip[..., y0:y0 + c, x0:x0 + c] for clip, (y0, x0) in zip(x, corners)])
         y0 = int(torch.randint(0, H - cfg.crop_size + 1, (1,), generator=gen))
         x0 = int(torch.randint(0, W - cfg.crop_size + 1, (1,), generator=gen))
@@ -284,17 +286,23 @@ def edge_mask(x: torch.Tensor, threshold: float = EDGE_THRESHOLD) -> torch.Tenso
     return F.max_pool3d(d, kernel_size=(1, 3, 3), stride=1, padding=(0, 1, 1))
 
 
-def focus_windows(x: torch.Tensor, size: int, stride: int, gen: torch.Generator) -> list[tuple[int, int]]:
+def focus_windows(x: torch.Tensor, size: int, stride: int, gen: torch.Generator,
+                  rows: tuple[int, int] | None = None) -> list[tuple[int, int]]:
     """For each clip of (B, 3, F, H, W), the top-left corner (y0, x0) of a size x size window,
     on the ``stride`` grid, drawn with probability proportional to the number of edge-mask pixels
     (outlines and motion, over all frames) inside it, plus one pixel's worth so that windows on
     plain background stay possible. A window on the stride grid encodes to exactly the latents
-    of the whole frame away from its border."""
+    of the whole frame away from its border. ``rows`` = (first, n): the clips are rows first ..
+    first + B of a global batch of n, and the draw is one uniform per row of the global batch
+    (inverse CDF), so a clip's window does not depend on how the batch is split over processes."""
+    B = x.shape[0]
+    first, n = rows or (0, B)
     mass = edge_mask(x).sum(2)  # (B, 1, H, W): how many frames each pixel is an edge or moves
     window = F.avg_pool2d(mass, kernel_size=size, stride=stride) * size * size  # (B, 1, ny, nx)
     nx = window.shape[-1]
-    weights = (window + 1.0).flatten(1).float().cpu()  # gen is a CPU generator
-    pick = torch.multinomial(weights, 1, generator=gen).squeeze(1)
+    cdf = (window + 1.0).flatten(1).double().cpu().cumsum(1)  # (B, ny * nx); gen is a CPU generator
+    u = torch.rand(n, 1, generator=gen, dtype=torch.float64)[first:first + B]  # (B, 1)
+    pick = torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(1).clamp_max(cdf.shape[1] - 1)  # (B,)
     return [(int(k) // nx * stride, int(k) % nx * stride) for k in pick]
 
 
@@ -327,6 +335,17 @@ def latent_stats(vae: VideoVAE, batches: Iterable[torch.Tensor], per_channel: bo
 # The step
 # ---------------------------------------------------------------------------------------------
 
+def rank_mean_logs(logs: dict[str, float], dist: loop.DistInfo) -> dict[str, float]:
+    """The log values of the global batch: means over the (equal) slices of the ranks; PSNR from
+    the mean of its MSE."""
+    if dist.world_size == 1:
+        return logs
+    keys = sorted(logs)
+    values = [10 ** (-logs[k] / 10) if k == "psnr" else logs[k] for k in keys]  # psnr -> mse / 4
+    mean = loop.rank_mean(torch.tensor(values, dtype=torch.float64, device=dist.device), dist).tolist()
+    return {k: -10 * math.log10(v) if k == "psnr" else v for k, v in zip(keys, mean)}
+
+
 def resolve_vae_config(cfg: VAETrainConfig, vae_cfg: VAEConfig) -> tuple[VAEConfig, VAEConfig | None]:
     """The VAE to train: the preset (or ``vae_cfg``), with --init's widths and latent statistics
     (--latent-noise is measured in them; --finetune decoder|encoder and --anchor-weight keep them),
@@ -353,6 +372,30 @@ def resolve_vae_config(cfg: VAETrainConfig, vae_cfg: VAEConfig) -> tuple[VAEConf
     return vae_cfg, init_cfg
 
 
+class TrainingVAE(VideoVAE):
+    """The VAE as the trainer runs it (same parameters, state dict and bundles as VideoVAE): its
+    training pass draws the posterior noise, and with ``latent_noise`` the extra noise, for every
+    row of a global batch of ``rows`` = (first, n) and keeps rows first .. first + B, so that the
+    draws do not depend on how the batch is split over processes (VideoVAE.forward draws B rows)."""
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator, rows: tuple[int, int],
+                latent_noise: torch.Tensor | None = None):
+        first, n = rows
+        mean, logvar = self.encode_moments(x)  # (B, c, T, h, w) each
+        mine = slice(first, first + x.shape[0])
+
+        def draw() -> torch.Tensor:  # (n, c, T, h, w) -> this rank's (B, c, T, h, w)
+            return torch.randn((n, *mean.shape[1:]), generator=generator, device=mean.device, dtype=mean.dtype)[mine]
+
+        z = mean + torch.exp(0.5 * logvar) * draw()
+        if latent_noise is not None:  # (B,) stds in normalised units (see --latent-noise)
+            _, scale = self._latent_stats(z)
+            z = z + latent_noise.to(z.dtype).view(-1, *(1,) * (z.dim() - 1)) * draw() / scale
+        # mean is a chunk of the encoder's output: FSDP2 warns about view outputs (in-place ops on
+        # them would skip its backward hook), so return a copy.
+        return self.decode(z), mean.clone(), logvar
+
+
 class VAETask:
     """The VAE's part of a training run (videodit.train.loop.Task)."""
 
@@ -369,7 +412,7 @@ class VAETask:
                                 f"{dist.dp_size} processes (each reads an equal slice)")
         self.vae_cfg, self.init_cfg = resolve_vae_config(cfg, vae_cfg)
         torch.manual_seed(cfg.seed)
-        self.model = VideoVAE(self.vae_cfg).to(device)
+        self.model = TrainingVAE(self.vae_cfg).to(device)
         if cfg.finetune == "decoder":
             self.model.encoder.requires_grad_(False)  # no gradient, no optimizer state: its weights never move
         if cfg.finetune == "encoder":
@@ -421,15 +464,17 @@ class VAETask:
 
     def step(self, net, x: torch.Tensor, step: int, gen: torch.Generator, lr: float) -> loop.StepResult:
         cfg, device = self.cfg, self.dist.device
-        x = _crop(x.to(device, non_blocking=True), cfg, gen, self.vae_cfg.spatial_stride)
-        # The posterior noise is drawn on the device, from a seed drawn from the step's generator
-        # (the same on every rank), offset by the rank so that ranks do not share noise.
-        seed = int(torch.randint(0, 2**62, (1,), generator=gen)) + self.dist.dp_rank
-        noise_gen = torch.Generator(device).manual_seed(seed)
+        # This rank's clips are rows first .. first + B of the global batch (equal slices); every
+        # draw is made for the global batch from generators that are the same on every rank.
+        rows = (self.dist.dp_rank * x.shape[0], cfg.batch_size)
+        x = _crop(x.to(device, non_blocking=True), cfg, gen, self.vae_cfg.spatial_stride, rows)
+        # The posterior noise is drawn on the device, from a seed drawn from the step's generator.
+        noise_gen = torch.Generator(device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
         sigma = None
         if cfg.latent_noise:
-            sigma = cfg.latent_noise * torch.rand(x.shape[0], generator=noise_gen, device=device)
-        recon, mean, logvar = net(x, noise_gen, sigma)
+            sigma = cfg.latent_noise * torch.rand(cfg.batch_size, generator=noise_gen, device=device)[
+                rows[0]:rows[0] + x.shape[0]]
+        recon, mean, logvar = net(x, noise_gen, rows, sigma)
         loss, logs = vae_loss(x, recon, mean, logvar, cfg.kl_weight, cfg.mse_weight, cfg.edge_weight)
         if self.anchor is not None:
             with torch.no_grad():
@@ -440,7 +485,7 @@ class VAETask:
         monitor = loss.detach()  # the guard watches the reconstruction loss (the adversarial part may go negative)
         if self.disc is not None:
             loss = loss + self.adversarial(x, recon.float(), loss, step, lr, logs)
-        return loop.StepResult(loss, monitor, logs)
+        return loop.StepResult(loss, monitor, rank_mean_logs(logs, self.dist))
 
     def adversarial(self, x, recon, rec_loss, step: int, lr: float, logs: dict) -> torch.Tensor:
         """One discriminator step on real vs reconstructed clips, then (after --adv-start) the
