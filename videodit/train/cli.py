@@ -11,7 +11,7 @@ _EXAMPLES = """examples:
   # one GPU (device auto-detected), SynthWorld rendered by 8 DataLoader workers
   videodit train-vae --out runs/vae_gpu --steps 6000 --batch-size 32 --num-workers 8
   # many GPUs: the same program under torchrun (DDP; the data stream shards by rank)
-  torchrun --nproc-per-node 8 -m videodit.cli train-vae --out runs/vae_ddp
+  torchrun --nproc-per-node 8 -m videodit train-vae --out runs/vae_ddp
   # fine-tune only the bundled decoder (the latents a DiT was trained on stay), on object-centred crops
   videodit train-vae --init videodit/assets/bundle/vae --finetune decoder --batch-size 16 --crop-size 32 \\
       --crop-focus --lr 1e-4 --max-minutes 30 --steps 100000 --out runs/vae_dec
@@ -63,7 +63,7 @@ _TRAIN_EXAMPLES = """examples:
   # one GPU, SynthWorld rendered by 12 DataLoader workers, several sizes and durations
   videodit train --out runs/dit_gpu --batch-size 64 --num-workers 12 --sizes 64x64 --frames 17
   # data-parallel on CPU (gloo) or many GPUs (NCCL): the same program under torchrun
-  torchrun --nproc-per-node 2 -m videodit.cli train --out runs/dit_ddp --device cpu
+  torchrun --nproc-per-node 2 -m videodit train --out runs/dit_ddp --device cpu
 
 Resumes from OUT/checkpoint.pt when it exists (--no-resume starts over). OUT/bundle/ always holds
 the latest EMA model as a complete bundle: `videodit generate --model OUT/bundle "a prompt"`.
