@@ -172,8 +172,8 @@ def _run(args: argparse.Namespace) -> int:
     for i, (prompt, path) in enumerate(jobs):
         if path.suffix.lower() == ".png" and frames != 1:
             raise VideoditError(f"{path}: a .png holds one frame; use --frames 1 or a video suffix")
-        bar = tqdm(total=args.steps or pipe.config.sampler.steps, desc=f"[{i + 1}/{len(jobs)}] sampling" if len(jobs) > 1 else "sampling",
-                   leave=False, dynamic_ncols=True)
+        bar = tqdm(total=args.steps or pipe.config.sampler.steps, leave=False, dynamic_ncols=True,
+                   desc=f"[{i + 1}/{len(jobs)}] sampling" if len(jobs) > 1 else "sampling")
 
         def on_step(done: int, total: int):
             bar.total = total
