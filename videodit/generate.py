@@ -67,6 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lora-scale", type=number(float, min=0), default=1.0,
                    help="scale of the adapters' update: 0 = the base model, 1 = as trained (default 1)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
+    p.add_argument("--compile", action="store_true", help="run the DiT through torch.compile: its first "
+                   "call per shape compiles (tens of seconds), later ones run faster; pays on a GPU and for "
+                   "long videos or batches, not for one short clip on a CPU")
     p.add_argument("--fps", type=number(float, min=0, min_exclusive=True), help="frame rate of the written file (default: the bundle's, 8)")
     g = p.add_argument_group("prompting with images and videos (one PROMPT; docs/PROMPTING.md)")
     g.add_argument("--image", metavar="IMG", type=existing("file"), help="animate an image: it becomes frame 0 (exactly, in latent space)")
@@ -165,7 +168,8 @@ def _run(args: argparse.Namespace) -> int:
     from videodit.video import write_video
 
     t0 = time.perf_counter()
-    pipe = Pipeline.load(args.model, device=args.device, lora=args.lora, lora_scale=args.lora_scale)
+    pipe = Pipeline.load(args.model, device=args.device, lora=args.lora, lora_scale=args.lora_scale,
+                         compile=args.compile)
     fps = pipe.config.fps if args.fps is None else args.fps
     frames = pipe.config.frames if args.frames is None else args.frames
     window = pipe.config.frames if args.window is None else args.window
@@ -221,7 +225,8 @@ def _run_prompting(args: argparse.Namespace, mode: str, prompt: str, path: Path)
               for key, file in files.items() if file}
 
     t0 = time.perf_counter()
-    pipe = Pipeline.load(args.model, device=args.device, lora=args.lora, lora_scale=args.lora_scale)
+    pipe = Pipeline.load(args.model, device=args.device, lora=args.lora, lora_scale=args.lora_scale,
+                         compile=args.compile)
     size = args.size or pipe.config.size
     sampler = _sampler(pipe, args)
     common = dict(size=size, sampler=sampler, negative=args.negative)

@@ -93,9 +93,11 @@ class Pipeline:
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu", *,
-             lora: str | Path | None = None, lora_scale: float = 1.0) -> Pipeline:
+             lora: str | Path | None = None, lora_scale: float = 1.0, compile: bool = False) -> Pipeline:
         """The bundle at ``path`` (default: the bundled model); ``lora``: LoRA adapters trained on its
-        DiT (`videodit train --lora`, videodit/lora.py), their update scaled by ``lora_scale``."""
+        DiT (`videodit train --lora`, videodit/lora.py), their update scaled by ``lora_scale``;
+        ``compile``: the DiT through ``torch.compile`` (its first call per shape compiles; pays for
+        long runs and large models, on a GPU above all)."""
         path = BUNDLED if path is None else Path(path)
         if path == BUNDLED and not (path / "dit").is_dir():
             raise VideoditError("this version of videodit ships no trained text-to-video model yet (see "
@@ -116,6 +118,8 @@ class Pipeline:
             text = TextEncoder(config.text, device=device)
         if lora is not None:
             load_lora(dit, lora, scale=lora_scale)
+        if compile:
+            dit.compile()  # in place: the module, its config and its weights stay the same objects
         return cls(vae, dit, text, config)
 
     def save(self, path: str | Path) -> Path:
@@ -154,16 +158,21 @@ class Pipeline:
         pt, ph, pw = self.dit.config.patch
         rows = batch * (2 if guidance != 1.0 else 1)
         tokens = (T // pt) * (h // ph) * (w // pw)
-        # DiT: activations of one block at a time (~12 x width per token, fp32) plus attention
-        # (the CPU flash kernel is blockwise, but the math fallback builds the full score matrix).
-        dit_bytes = rows * tokens * self.dit.config.dim * 4 * 12 + rows * self.dit.config.heads * tokens ** 2 * 4
+        # DiT: activations of one block at a time (~12 x width per token, fp32) plus attention. On a
+        # CPU the math fallback of SDPA builds the full score matrix; on a GPU the flash and
+        # memory-efficient kernels never do, and what counts is the GPU's own free memory.
+        on_gpu = self.device.type == "cuda"
+        dit_bytes = rows * tokens * self.dit.config.dim * 4 * 12
+        if not on_gpu:
+            dit_bytes += rows * self.dit.config.heads * tokens ** 2 * 4
         # VAE decoder: a few full-resolution feature maps of its widest layer at once.
         vae_bytes = batch * frames * height * width * self.vae.cfg.decoder_channels * max(self.vae.cfg.channel_mults) * 4 * 4
         need = dit_bytes + vae_bytes
-        free = available_memory()
+        free = torch.cuda.mem_get_info(self.device)[0] if on_gpu else available_memory()
         if free and need > free:
+            where = "GPU memory" if on_gpu else "memory"
             raise VideoditError(f"this request needs about {need / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB "
-                                f"is free: lower --frames, --size or the batch")
+                                f"of {where} is free: lower --frames, --size or the batch")
 
     # -- generation -----------------------------------------------------------------------------
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
