@@ -430,10 +430,12 @@ def run(cfg: LoopSettings, task: Task, dist: DistInfo, progress: bool = True) ->
             result, grad_norm = r.train_step(net, next(batches), lr)
             step = r.step
             bar.update(1)
-            loss = float(rank_mean(result.loss.detach().float(), dist))
+            logging = step % cfg.log_every == 0 or step == cfg.steps  # the same on every rank
+            # The rank mean (a collective) only for the logged steps; the bar shows this rank's loss.
+            loss = float(rank_mean(result.loss.detach().float(), dist) if logging else result.loss.detach())
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             now = time.monotonic()
-            if dist.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+            if dist.is_main and logging:
                 rate = (step - last_log) / max(now - t_log, 1e-9)
                 last_log, t_log = step, now
                 r.log.write({"step": step, "loss": f"{loss:.6g}", "lr": f"{lr:.4g}", "grad_norm": f"{grad_norm:.5g}",
