@@ -330,13 +330,7 @@ class DiTTask:
         self.vae.requires_grad_(False)
         self.text = TextEncoder(TextEncoderConfig(model=cfg.text_encoder), device=device)
         torch.manual_seed(cfg.seed)
-        self.model_cfg = model_config(cfg, self.vae.cfg.latent_channels, self.text.dim)
-        self.model = DiT(self.model_cfg).to(device)
-        self.lora_cfg = None
-        if cfg.lora:  # the base weights first: the adapters start from --init's DiT, which stays frozen
-            init_weights(self.model, cfg.init, self.model_cfg)
-            self.lora_cfg = LoRAConfig(rank=cfg.lora, alpha=cfg.lora_alpha or float(cfg.lora))
-            add_lora(self.model, self.lora_cfg)
+        self.model = self.make_model().to(device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         if dist.sp > 1:  # the training model only: samples and bundles use the EMA on one process
             enable_sequence_parallel(self.model, SequenceParallel(dist.sp_group, dist.sp_rank, dist.sp))
@@ -362,6 +356,19 @@ class DiTTask:
             if cfg.square_crop:
                 print("--square-crop: every clip is cut to its centre square before encoding "
                       "(token counts above are the crops')")
+
+    def make_model(self) -> DiT:
+        """The DiT to train, on the CPU; sets ``model_cfg`` (its config) and ``lora_cfg`` (None for
+        full training). With --lora, --init's weights are loaded first and stay frozen."""
+        cfg = self.cfg
+        self.model_cfg = model_config(cfg, self.vae.cfg.latent_channels, self.text.dim)
+        model = DiT(self.model_cfg)
+        self.lora_cfg = None
+        if cfg.lora:
+            init_weights(model, cfg.init, self.model_cfg)
+            self.lora_cfg = LoRAConfig(rank=cfg.lora, alpha=cfg.lora_alpha or float(cfg.lora))
+            add_lora(model, self.lora_cfg)
+        return model
 
     def check_layout(self) -> None:
         """Every global batch has a clip for each data-parallel process; --sp divides the heads and
