@@ -33,6 +33,8 @@ COMMANDS = (
     Command("train", "train the text-to-video DiT on SynthWorld (flow matching)", "videodit.train.cli",
             "register_train"),
     Command("train-vae", "train the causal video VAE on SynthWorld", "videodit.train.cli"),
+    Command("distill", "distil a model's DiT into a few-step student with guidance built in", "videodit.train.cli",
+            "register_distill"),
     Command("reconstruct", "encode + decode a video through the VAE; print PSNR / SSIM", "videodit.reconstruct"),
     Command("prepare", "prepare your own captioned videos for training: clips -> VAE latents + text cache",
             "videodit.prepare"),

@@ -41,6 +41,9 @@ from videodit.errors import VideoditError
 # resolve small timestep differences, the range DiT and Wan were designed around.
 TIME_SCALE = 1000.0
 SINUSOID_MAX_PERIOD = 10000.0
+# A guidance scale w enters the sinusoid as w / GUIDANCE_SCALE: scales up to ~10 then span the
+# range a timestep does.
+GUIDANCE_SCALE = 10.0
 GELUS = ("exact", "tanh")
 QK_NORM_SPANS = ("head", "all")
 
@@ -69,6 +72,9 @@ class DiTConfig:
     null_text: bool = field(default=True, metadata={
         "help": "append a learned null token to the text keys (see videodit.text); off for Wan 2.1, whose "
                 "text is always its 512 zero-padded, all-attended tokens"})
+    guidance_embed: bool = field(default=False, metadata={
+        "help": "take the classifier-free guidance scale as an input (a guidance-distilled student, "
+                "videodit/distill.py): one pass gives the guided velocity"})
 
     def __post_init__(self):
         if self.dim % self.heads or (self.dim // self.heads) % 2:
@@ -429,6 +435,10 @@ class DiT(nn.Module):
         self.null_text = nn.Parameter(torch.zeros(cfg.dim)) if cfg.null_text else None
         self.time_embed = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
         self.time_proj = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))  # shared by all blocks
+        # Guidance-distilled students: the scale's embedding is added to the time embedding (as
+        # FLUX.1-dev's guidance input; Meng et al. 2023 distil guidance into one such pass).
+        self.guidance_embed = (nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+                               if cfg.guidance_embed else None)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.head_modulation = nn.Parameter(torch.zeros(2, cfg.dim))
         self.head = nn.Linear(cfg.dim, self.patch_dim)
@@ -450,6 +460,9 @@ class DiT(nn.Module):
         if self.null_text is not None:
             nn.init.normal_(self.null_text, std=0.02)
         zero = [self.time_proj[1], self.head]
+        if self.guidance_embed is not None:  # a student starts as its teacher's conditional model
+            nn.init.normal_(self.guidance_embed[0].weight, std=0.02)
+            zero.append(self.guidance_embed[2])
         zero += [b.cross_attn.out for b in self.blocks]  # PixArt-alpha: cross-attention starts silent
         for m in zero:
             nn.init.zeros_(m.weight)
@@ -524,17 +537,33 @@ class DiT(nn.Module):
         h = torch.addcmul(shift, F.layer_norm(h, (self.config.dim,), eps=self.config.norm_eps), 1 + scale)
         return self.head(h)
 
+    def _time_embedding(self, t_frames: torch.Tensor, guidance: torch.Tensor | float | None) -> torch.Tensor:
+        """fp32 time embedding (..., D) of timesteps t_frames (...), plus the guidance scale's
+        (a number, or one per row of t_frames' first axis; default 1 = no guidance) when the
+        model takes one."""
+        temb = self.time_embed(timestep_sinusoid(t_frames, self.config.freq_dim))
+        if self.guidance_embed is None:
+            if guidance is not None:
+                raise VideoditError("DiT: a guidance input needs a guidance-distilled model (guidance_embed)")
+            return temb
+        g = torch.as_tensor(1.0 if guidance is None else guidance, dtype=torch.float, device=t_frames.device)
+        g = g.view(-1, *[1] * (t_frames.dim() - 1)).expand_as(t_frames) if g.dim() else g.expand_as(t_frames)
+        return temb + self.guidance_embed(timestep_sinusoid(g / GUIDANCE_SCALE, self.config.freq_dim))
+
     def _compute_dtype(self, x: torch.Tensor):
         return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor | None = None,
-                text_mask: torch.Tensor | None = None, *, text_kv: TextKV | None = None) -> torch.Tensor:
+                text_mask: torch.Tensor | None = None, *, text_kv: TextKV | None = None,
+                guidance: torch.Tensor | float | None = None) -> torch.Tensor:
         """x (B, c, T, h, w); t (B, T) per latent frame or (B,); text + text_mask, or a precomputed
-        text_kv. Returns the velocity (B, c, T, h, w) in fp32. With pt > 1 a token frame takes the
-        largest t of its pt latent frames. Lists x and t run ``forward_packed`` (so that a
-        DistributedDataParallel wrapper, which only sees forward, can train packed)."""
+        text_kv; ``guidance`` (B,) or a number: the guidance scale of a guidance-distilled model
+        (DiTConfig.guidance_embed; default 1). Returns the velocity (B, c, T, h, w) in fp32. With
+        pt > 1 a token frame takes the largest t of its pt latent frames. Lists x and t run
+        ``forward_packed`` (so that a DistributedDataParallel wrapper, which only sees forward, can
+        train packed)."""
         if isinstance(x, (list, tuple)):
-            return self.forward_packed(x, t, text, text_mask, text_kv=text_kv)
+            return self.forward_packed(x, t, text, text_mask, text_kv=text_kv, guidance=guidance)
         cfg = self.config
         patches, t_frames, grid = self._patchify(x, t)
         text_kv = self._text(text, text_mask, text_kv)
@@ -543,7 +572,7 @@ class DiT(nn.Module):
         # Time: one fp32 embedding per token frame, shared by every block (autocast off: the
         # modulation is applied to the fp32 residual stream and must not be rounded to bf16).
         with torch.autocast(x.device.type, enabled=False):
-            temb = self.time_embed(timestep_sinusoid(t_frames, cfg.freq_dim))  # (B, Tp, D)
+            temb = self._time_embedding(t_frames, guidance)  # (B, Tp, D)
             mod = self.time_proj(temb).view(B, Tp, 1, 6, cfg.dim)  # (B, Tp, 1, 6, D)
 
         rope = self.rope(grid, x.device, self._compute_dtype(x))
@@ -563,7 +592,8 @@ class DiT(nn.Module):
         return self._unpatchify(out, x.shape)
 
     def forward_packed(self, xs: list[torch.Tensor], ts: list[torch.Tensor], text: torch.Tensor | None = None,
-                       text_mask: torch.Tensor | None = None, *, text_kv: TextKV | None = None) -> list[torch.Tensor]:
+                       text_mask: torch.Tensor | None = None, *, text_kv: TextKV | None = None,
+                       guidance: torch.Tensor | float | None = None) -> list[torch.Tensor]:
         """Sequence packing (NaViT, Dehghani et al. 2023; Sora's "native sizes"): batches of clips
         of different sizes and durations run as ONE token sequence, so the linears see every token
         at once and no token is padding. xs[j] (B_j, c, T_j, h_j, w_j), ts[j] (B_j, T_j) or (B_j,);
@@ -595,7 +625,10 @@ class DiT(nn.Module):
 
         with torch.autocast(device.type, enabled=False):  # fp32 modulation, as in forward
             t_frames = torch.cat([tf.reshape(-1) for _, tf, _ in pieces])  # (frames,)
-            temb_frames = self.time_embed(timestep_sinusoid(t_frames, cfg.freq_dim))  # (frames, D)
+            if isinstance(guidance, torch.Tensor) and guidance.dim():  # one per clip -> one per frame
+                guidance = guidance.to(device).repeat_interleave(
+                    torch.tensor([tf.shape[1] for _, tf, _ in pieces for _ in range(tf.shape[0])], device=device))
+            temb_frames = self._time_embedding(t_frames, guidance)  # (frames, D)
             mod = self.time_proj(temb_frames)[frame_of_token].view(1, N, 1, 6, cfg.dim)  # (1, N, 1, 6, D)
 
         patches = torch.cat([p.reshape(-1, self.patch_dim) for p, _, _ in pieces])  # (N, c*pt*ph*pw)

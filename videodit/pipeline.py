@@ -9,6 +9,7 @@ A model bundle is a folder (docs/DESIGN.md, "Conventions": config.json + safeten
     config.json          {"text": TextEncoderConfig fields, "sampler": SamplerConfig defaults}
     vae/                 config.json + model.safetensors   (videodit.vae.VideoVAE)
     dit/                 config.json + model.safetensors   (videodit.dit.DiT)
+    distilled/           optional: a few-step student of dit/ (videodit.distill), config.json + model.safetensors
 each folder with its SHA256SUMS. Reading, writing and verifying them: videodit.bundle. Loading
 checks every checksum, key and shape and names the file that does not fit.
 """
@@ -16,6 +17,7 @@ checks every checksum, key and shape and names the file that does not fit.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,11 +25,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from videodit import bundle, use_cpu_threads
+from videodit import bundle, distill, use_cpu_threads
 from videodit.bundle import BUNDLED
 from videodit.config import from_dict
 from videodit.dit import DiT, DiTConfig
-from videodit.errors import VideoditError, nearest_valid
+from videodit.errors import VideoditError, VideoditWarning, nearest_valid
 from videodit.lora import load_lora
 from videodit.sample import FrameCondition, SamplerConfig, generate
 from videodit.text import TextEncoder, TextEncoderConfig
@@ -44,7 +46,7 @@ class BundleConfig:
     fps: float = 8.0
 
 
-def _read_bundle_config(path: Path) -> BundleConfig:
+def load_bundle_config(path: Path) -> BundleConfig:
     data = bundle.read_config(path, "model", f"{bundle.CONFIG}, vae/, dit/")
     cfg_path = str(path / bundle.CONFIG)
     try:
@@ -79,13 +81,18 @@ def available_memory() -> int:
 class Pipeline:
     """VAE + DiT + text encoder, with the bundle's default settings. See the module docstring."""
 
-    def __init__(self, vae: VideoVAE, dit: DiT, text: TextEncoder, config: BundleConfig = BundleConfig()):
+    def __init__(self, vae: VideoVAE, dit: DiT, text: TextEncoder, config: BundleConfig = BundleConfig(),
+                 distilled: distill.Distilled | None = None, distill_info: distill.DistillInfo | None = None):
+        """``distilled``: the bundle's few-step student of ``dit`` (sampled with solver 'distilled');
+        ``distill_info``: its settings when the student is not loaded (the teacher's fallback)."""
         if dit.config.in_channels != vae.cfg.latent_channels:
             raise VideoditError(f"DiT takes {dit.config.in_channels} latent channels, the VAE makes "
                                 f"{vae.cfg.latent_channels}")
         if dit.config.text_dim != text.dim:
             raise VideoditError(f"DiT takes text of width {dit.config.text_dim}, the text encoder makes {text.dim}")
         self.vae, self.dit, self.text, self.config = vae.eval(), dit.eval(), text, config
+        self.distilled = distilled
+        self.distill_info = distilled.info if distilled is not None else distill_info or distill.DistillInfo()
 
     @property
     def device(self) -> torch.device:
@@ -112,15 +119,23 @@ class Pipeline:
             vae, dit, text, fields = wan.load(path, device)
             config = BundleConfig(**fields)
         else:
-            config = _read_bundle_config(path)
+            config = load_bundle_config(path)
             vae = VideoVAE.from_pretrained(path / "vae", device=device)
             dit = load_dit(path / "dit", device=device)
             text = TextEncoder(config.text, device=device)
+        distilled, info = None, None
+        if (path / "distilled").is_dir():
+            if lora is None:
+                distilled = distill.load(dit, path / "distilled")
+            else:  # the student was distilled from the base DiT, without the adapters
+                info = distill.read_info(path / "distilled")
         if lora is not None:
             load_lora(dit, lora, scale=lora_scale)
-        if compile:
-            dit.compile()  # in place: the module, its config and its weights stay the same objects
-        return cls(vae, dit, text, config)
+        if compile:  # in place: the modules, their configs and their weights stay the same objects
+            for model in (dit, distilled.dit if distilled else None):
+                if model is not None:
+                    model.compile()
+        return cls(vae, dit, text, config, distilled, info)
 
     def save(self, path: str | Path) -> Path:
         """Write the bundle atomically: a crash leaves the old bundle at ``path`` or the new one."""
@@ -128,6 +143,8 @@ class Pipeline:
         with bundle.writing(path) as tmp:
             self.vae.save_pretrained(tmp / "vae")
             save_dit(self.dit, tmp / "dit")
+            if self.distilled is not None:
+                distill.save_adapter(self.distilled, tmp / "distilled")
             bundle.write_config(self.config, tmp)
         return path
 
@@ -196,12 +213,29 @@ class Pipeline:
         """Normalised latents (B, c, T, h, w) for the prompts; ``cond``, ``start`` and
         ``start_time`` as in videodit.sample.generate, the one sampler every mode calls."""
         c, T, h, w = self.latent_shape(frames, size)
-        self.check_memory(len(prompts), frames, size, sampler.guidance)
+        dit, sampler = self.model_for(sampler, negative)
+        self.check_memory(len(prompts), frames, size, 1.0 if dit.config.guidance_embed else sampler.guidance)
         text, mask = self.encode_prompts(prompts)
         # An encoder with pad_to (Wan) encodes "" like any prompt: its DiT has no null token.
-        neg = self.encode_prompts([negative]) if negative or self.text.config.pad_to else None
-        return generate(self.dit, text, mask, (len(prompts), c, T, h, w), sampler, negative=neg, cond=cond,
+        neg = self.encode_prompts([negative]) if (negative or self.text.config.pad_to) and dit is self.dit else None
+        return generate(dit, text, mask, (len(prompts), c, T, h, w), sampler, negative=neg, cond=cond,
                         start=start, start_time=start_time, on_step=on_step)
+
+    def model_for(self, sampler: SamplerConfig, negative: str = "") -> tuple[DiT, SamplerConfig]:
+        """The DiT that samples with ``sampler``: the distilled student for solver 'distilled', the
+        bundle's DiT otherwise. Without a student (none in the bundle, or a --lora adapter on the
+        DiT it was not distilled from), or with a negative prompt (which needs a second pass), the
+        'distilled' solver falls back to the teacher's own settings (its steps, Euler), with a warning."""
+        if sampler.solver != "distilled":
+            return self.dit, sampler
+        if self.distilled is not None and not negative:
+            return self.distilled.dit, sampler
+        why = "a negative prompt needs the two-pass guidance of the full model" if self.distilled is not None \
+            else "no distilled student is loaded (none in the bundle, or --lora adapts the full model)"
+        info = self.distill_info
+        warnings.warn(f"{why}: sampling with it, {info.teacher_steps} Euler steps", VideoditWarning)
+        return self.dit, dataclasses.replace(sampler, solver="euler", steps=info.teacher_steps,
+                                             guidance_interval=info.guidance_interval)
 
     def sampler(self, *, seed: int = 0, steps: int | None = None, guidance: float | None = None,
                 solver: str | None = None, guidance_interval: tuple[float, float] | None = None) -> SamplerConfig:

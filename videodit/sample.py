@@ -32,13 +32,15 @@ from videodit.dit import TextKV
 from videodit.errors import VideoditError
 
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (B,c,T,h,w), t (B,T)) -> v
-SOLVERS = ("euler", "heun")
+SOLVERS = ("euler", "heun", "distilled")  # distilled: Euler steps of a distilled student (videodit/distill.py)
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
     steps: int = field(default=30, metadata={"help": "ODE steps (Heun uses two model calls per step)"})
-    solver: str = field(default="euler", metadata={"help": f"one of {SOLVERS}"})
+    solver: str = field(default="euler", metadata={
+        "help": f"one of {SOLVERS}; distilled = Euler steps of the bundle's distilled student, one pass per step "
+                "with the guidance scale as its input (videodit/distill.py)"})
     guidance: float = field(default=5.0, metadata={"help": "classifier-free guidance scale; 1 = no guidance"})
     guidance_interval: tuple[float, float] = field(default=(0.0, 1.0), metadata={
         "help": "guide only at steps whose timestep t has lo <= t <= hi; elsewhere the conditional velocity "
@@ -105,12 +107,13 @@ def solve(velocity: Velocity, x: torch.Tensor, timesteps: torch.Tensor, solver: 
 
     x = held(x)
     steps = len(timesteps) - 1
+    heun = solver == "heun"
     for i in range(steps):
         t, t_next = timesteps[i].item(), timesteps[i + 1].item()
         dt = t_next - t
         v = v_at(x, torch.full((B, T), t, device=x.device))
         x_next = held(x + dt * v)
-        if solver == "heun":
+        if heun:
             # Trapezoidal corrector (Karras et al. 2022, Alg. 1). It is applied on the last step too:
             # the flow velocity is defined at t = 0, unlike the sigma-parametrised denoiser there.
             v_next = v_at(x_next, torch.full((B, T), t_next, device=x.device))
@@ -134,6 +137,8 @@ def guided_velocity(dit, text_kv, guidance: float, interval: tuple[float, float]
     high noise guidance inflates the layout, at low noise it sharpens the DiT's specks
     (docs/MODEL.md measures both)."""
     lo, hi = check_interval(interval)
+    if dit.config.guidance_embed:  # a distilled student: the guidance scale is an input, one pass
+        return lambda x, t: dit(x, t, text_kv=text_kv, guidance=guidance)
     if guidance == 1.0:
         return lambda x, t: dit(x, t, text_kv=text_kv)
     conditional: list = []  # the conditional half of text_kv, sliced once when first needed
@@ -188,11 +193,16 @@ def generate(dit, text: torch.Tensor, text_mask: torch.Tensor, shape: tuple[int,
     B = shape[0]
     if text.shape[0] != B:
         raise VideoditError(f"generate: {text.shape[0]} prompts for a batch of {B} latents")
+    if config.solver == "distilled" and not dit.config.guidance_embed:
+        raise VideoditError("solver 'distilled' samples a distilled student (videodit/distill.py); this DiT is not one")
+    if dit.config.guidance_embed and negative is not None:
+        raise VideoditError("a distilled student has no negative prompt (its one pass has the guidance built in); "
+                            "sample its teacher with --solver euler")
     device = next(dit.parameters()).device
     text, text_mask = text.to(device), text_mask.to(device)
     x, timesteps = start_point(shape, config, dit.config.patch, device, start, start_time)
 
-    if config.guidance != 1.0:
+    if config.guidance != 1.0 and not dit.config.guidance_embed:
         if negative is None:
             neg_text, neg_mask = text.new_zeros(B, 1, text.shape[2]), text_mask.new_zeros(B, 1)
         else:

@@ -94,3 +94,43 @@ def _run_train(args: argparse.Namespace) -> int:
     if _is_main_process():
         print(f"saved {'LoRA adapters' if bundle.name == 'lora' else 'model bundle'} to {bundle}")
     return 0
+
+
+_DISTILL_EXAMPLES = """examples:
+  # the bundled model -> an 8-step student with the guidance built in, on 2 CPU threads
+  videodit distill --out runs/distill --threads 2 --max-minutes 60
+  # then sample it (solver 'distilled' is its bundle's default), or its teacher
+  videodit generate --model runs/distill/bundle "A red circle moves to the right on a black background."
+  videodit generate --model runs/distill/bundle --solver euler --steps 30 "..."
+  # your own bundle, a 4-step student, on a GPU
+  videodit distill --init runs/dit/bundle --student-steps 4 --teacher-substeps 8 --batch-size 64 --tokens-per-batch 0
+
+Resumes from OUT/checkpoint.pt when it exists (--no-resume starts over). OUT/bundle/ is --init's
+bundle with the student in OUT/bundle/distilled/ and its sampler set to it; copy distilled/ into
+a bundle of the same DiT (and set its config.json sampler: "solver": "distilled", "steps": K) to
+give that bundle the student. docs/DISTILL.md says what is learnt and what it measured."""
+
+
+def register_distill(sub: argparse._SubParsersAction) -> None:
+    from videodit.config import add_dataclass_args
+    from videodit.train.distill import DistillTrainConfig
+
+    p = sub.add_parser("distill",
+                       description="Distil a model bundle's DiT into a few-step student with classifier-free guidance "
+                                   "built in: one pass per step, K steps, instead of two passes for most of 30 "
+                                   "(guidance + step distillation, videodit/distill.py).",
+                       epilog=_DISTILL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_args(p, DistillTrainConfig)
+    p.set_defaults(func=_run_distill)
+
+
+def _run_distill(args: argparse.Namespace) -> int:
+    from videodit import use_cpu_threads
+    from videodit.config import dataclass_from_args
+    from videodit.train.distill import DistillTrainConfig, train_distill
+
+    use_cpu_threads()
+    bundle = train_distill(dataclass_from_args(DistillTrainConfig(), args))
+    if _is_main_process():
+        print(f"saved the model bundle with its distilled student to {bundle}")
+    return 0
