@@ -119,9 +119,10 @@ def full_state(module: nn.Module) -> dict:
     return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def grad_norm_value(norm: torch.Tensor) -> float:
-    """clip_grad_norm_'s total norm as a float (a replicated DTensor under FSDP)."""
-    return float(norm.full_tensor() if is_dtensor(norm) else norm)
+def full_norm(norm: torch.Tensor) -> torch.Tensor:
+    """clip_grad_norm_'s total norm as a plain tensor on the device (a replicated DTensor under
+    FSDP)."""
+    return norm.full_tensor() if is_dtensor(norm) else norm
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -109,6 +110,10 @@ class DiTTrainConfig:
     num_workers: int = field(default=0, metadata={
         "help": "DataLoader workers rendering SynthWorld", "min": 0, "group": "run"})
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast for the DiT and the VAE", "group": "run"})
+    compile: bool | None = field(default=None, metadata={
+        "help": "torch.compile the DiT's training forward and backward: one static graph per size bucket, "
+                "compiled on the bucket's first step (minutes each on a CPU, docs/TRAINING.md); not with --pack. "
+                "Unset: on with CUDA, off on a CPU", "group": "run"})
     save_every: int = field(default=1000, metadata={
         "help": "checkpoint (and bundle) every N steps", "min": 1, "group": "output/checkpoints"})
     save_minutes: float = field(default=5.0, metadata={
@@ -207,6 +212,9 @@ class DiTTrainConfig:
                                 "go with it")
         if self.lora and self.parallel == "fsdp":
             raise VideoditError("--lora trains a few adapter weights: use --parallel ddp")
+        if self.compile and self.pack:
+            raise VideoditError("--compile compiles one graph per size bucket; --pack's mixed sequences would "
+                                "compile one per combination of buckets: give one of them")
         if self.pack == 1:
             raise VideoditError(f"--pack {self.pack}: give 0 (off) or the number of batches per step, >= 2")
         check_interval(self.sample_guidance_interval)
@@ -268,6 +276,14 @@ def training_inputs(latents: torch.Tensor, captions: list[str], cfg: DiTTrainCon
     return x_t, t, v, ~cond, captions
 
 
+def pad_text(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """tokens (B, L, D), mask (B, L) -> zero-padded to at least ``length`` tokens, the padding
+    masked out: attention gives those keys weight exactly 0, so the DiT's output is the same up to
+    the order of the softmax's sums."""
+    extra = max(0, length - tokens.shape[1])
+    return F.pad(tokens, (0, 0, 0, extra)), F.pad(mask, (0, extra))
+
+
 def packed_flow_loss(v_preds, v_targets, masks) -> torch.Tensor:
     """flow_loss over several batches as if they were one: the mean over every counted element."""
     counts = [m.sum() * v[0, :, 0].numel() for v, m in zip(v_preds, masks)]  # elements per batch
@@ -318,6 +334,7 @@ class DiTTask:
 
     kind = CHECKPOINT_KIND
     ema_warmup = 2  # EMA decay (1 + s) / (2 + s): short runs still average
+    compile_shapes = 0  # set in __init__ (the loop's Task.compile_shapes)
     log_fields = ("bucket", "batch", "time")
     csv_logs = ("eval.csv",)
 
@@ -345,6 +362,8 @@ class DiTTask:
             self.plan = bucket_plan(cfg, self.vae.cfg.spatial_stride, self.model_cfg.patch)
         self.per_step = max(1, cfg.pack)
         self.check_layout()
+        if (device.type == "cuda" if cfg.compile is None else cfg.compile) and not cfg.pack:
+            self.compile_shapes = len(self.plan)
         sampler = SamplerConfig(guidance=cfg.sample_guidance, guidance_interval=cfg.sample_guidance_interval)
         width, height, frames = max(self.plan, key=lambda k: self.plan[k].odds)  # the commonest bucket
         self.pipe = Pipeline(self.vae, self.ema, self.text, BundleConfig(
@@ -468,6 +487,8 @@ class DiTTask:
             tokens, mask = latent_cache.cached_text(embedded, captions)
         else:
             tokens, mask = self.text.encode(captions)
+        if self.compile_shapes:  # static shapes: the text always as long as the encoder's longest
+            tokens, mask = pad_text(tokens, mask, self.text.config.max_length)
         with self.autocast:
             v_pred = net(x_t, t, tokens, mask)
         if self.cfg.pack:

@@ -97,6 +97,7 @@ class Task(Protocol):
     log_fields: tuple[str, ...]      # extra log.csv columns, in order (StepResult.logs keys)
     csv_logs: tuple[str, ...]        # other per-step CSV files the task writes under out (first column: step)
     ema_warmup: int                  # EMA decay ramps up as (1 + s) / (ema_warmup + s)
+    compile_shapes: int              # torch.compile the model for this many input shapes (0 = eager)
 
     def extra_modules(self) -> dict: ...          # other state to checkpoint and roll back (name -> module / optimizer)
     def init(self) -> None: ...                   # start from --init when there is no checkpoint
@@ -211,13 +212,38 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 4096 + rank)
 
 
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model for parameters; buffers are copied."""
+def ema_update(ema: nn.Module, model: nn.Module, decay: float, ok: torch.Tensor | None = None) -> None:
+    """ema <- decay * ema + (1 - decay) * model for parameters; buffers are copied. One foreach
+    call per kind of tensor instead of a Python loop over the parameters (the same lerp kernel,
+    so the same values bit for bit). ``ok``: a 0-dim bool on the device; where it is False the
+    weight is 0 and the EMA stays as it is, decided without a host synchronisation."""
+    weight = 1.0 - decay if ok is None else ok * (1.0 - decay)  # float32 0-dim tensor: (1 - decay) or 0
     with torch.no_grad():
-        for e, p in zip(ema.parameters(), model.parameters()):
-            e.lerp_(p.detach(), 1.0 - decay)
-        for e, b in zip(ema.buffers(), model.buffers()):
-            e.copy_(b)
+        torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], weight)
+        buffers = list(ema.buffers())
+        if buffers:
+            torch._foreach_copy_(buffers, list(model.buffers()))
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: LoopSettings, device: torch.device,
+                   sharded: bool) -> torch.optim.AdamW:
+    """AdamW, fused (one kernel over all parameters; CPU and CUDA) unless the parameters are
+    FSDP shards, which take the foreach implementation. The fused kernel also skips a step on
+    the device when ``optimizer.found_inf`` is 1 (Run.train_step). cpu-medium on one CPU thread:
+    13 ms a step fused, 43 ms torch's default (a loop over the tensors), 79 ms foreach."""
+    fused = not sharded and device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay,
+                             fused=fused or None, foreach=None if fused else True)
+
+
+def compile_model(net: nn.Module, shapes: int) -> nn.Module:
+    """``net`` through torch.compile with static shapes: one graph (forward and backward) per
+    input shape, compiled the first time a step meets that shape, so the recompiles dynamo warns
+    about, one per size bucket, are expected. Its recompile limit is raised to hold ``shapes``
+    graphs (past the limit it would silently fall back to eager)."""
+    limit = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = max(limit, shapes + 1)
+    return torch.compile(net, dynamic=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,6 +385,9 @@ class Run:
     ema: nn.Module
     guard: DivergenceGuard
     step: int = 0
+    # (step, watched loss or NaN for a skipped step, gradient norm) of the steps the guard has
+    # not seen yet, as device scalars: read back together at the next check.
+    unchecked: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
     @property
     def use_dcp(self) -> bool:
@@ -391,29 +420,53 @@ class Run:
         if dist.is_main:
             task.on_save()
 
-    def train_step(self, net: nn.Module, batch, lr: float) -> tuple[StepResult, float]:
-        """One step: the task's loss, then backward, clipping, AdamW and EMA unless the loss or the
-        gradient norm is not finite; the divergence guard then sees the outcome. Returns the
-        result and the gradient norm (NaN when the step was skipped)."""
+    def train_step(self, net: nn.Module, batch, lr: float) -> StepResult:
+        """One step: the task's loss, backward, clipping, AdamW and EMA, none of which waits for
+        the device. A step whose loss or gradient norm is not finite leaves the weights, the
+        optimizer state and the EMA as they were: the fused AdamW skips it on the device
+        (``found_inf``); FSDP's foreach AdamW reads the flag back. The guard sees the step at the
+        next ``check``."""
         cfg, task, dist, step = self.cfg, self.task, self.dist, self.step
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         # The same generator on every rank: each draws the global batch's numbers, keeps its rows.
         result = task.step(net, batch, step, step_generator(cfg.seed, step, 0), lr)
-        monitor = float(rank_mean(result.monitor.detach().float(), dist))
-        grad_norm = math.nan
-        if math.isfinite(monitor):  # a NaN loss never reaches the weights
-            self.optimizer.zero_grad(set_to_none=True)
-            result.loss.backward()
-            grad_norm = D.grad_norm_value(nn.utils.clip_grad_norm_(task.model.parameters(), cfg.grad_clip))
-            if math.isfinite(grad_norm):
-                self.optimizer.step()
-                ema_update(self.ema, task.model, min(cfg.ema_decay, (1 + step) / (task.ema_warmup + step)))
+        monitor = rank_mean(result.monitor.detach().float(), dist)
+        self.optimizer.zero_grad(set_to_none=True)
+        result.loss.backward()  # a NaN loss gives NaN gradients, which the step below skips
+        norm = D.full_norm(nn.utils.clip_grad_norm_(task.model.parameters(), cfg.grad_clip))
+        ok = torch.isfinite(monitor) & torch.isfinite(norm)  # the same on every rank (rank-averaged)
+        decay = min(cfg.ema_decay, (1 + step) / (task.ema_warmup + step))
+        if self.optimizer.defaults["fused"]:
+            self.optimizer.found_inf = (~ok).float()
+            self.optimizer.step()
+            ema_update(self.ema, task.model, decay, ok)
+        elif bool(ok):  # a host synchronisation: FSDP only
+            self.optimizer.step()
+            ema_update(self.ema, task.model, decay)
         self.step += 1
-        message = self.guard.observe(self.step, monitor if math.isfinite(grad_norm) else math.nan, self.guarded)
-        if message and dist.is_main:
-            tqdm.write(f"videodit: warning: {message}", file=sys.stderr)
-        return result, grad_norm
+        nan = torch.full_like(monitor, math.nan)
+        self.unchecked.append((self.step, torch.where(ok, monitor, nan), torch.where(ok, norm.float(), nan)))
+        return result
+
+    def check(self) -> float:
+        """The guard sees every step since the last check, in order (one read-back from the
+        device); returns the last one's gradient norm (NaN when it was skipped). A rollback
+        discards the steps after the one that caused it: they were taken on the trajectory it
+        throws away. The loop checks on logged, snapshot and saved steps, so a divergence is
+        acted on at most --log-every steps late."""
+        if not self.unchecked:
+            return math.nan
+        steps = [s for s, _, _ in self.unchecked]
+        values = torch.stack([torch.stack([m, n]) for _, m, n in self.unchecked]).tolist()  # (steps, 2)
+        self.unchecked.clear()
+        for step, (monitor, _) in zip(steps, values):
+            message = self.guard.observe(step, monitor, self.guarded)
+            if message:
+                if self.dist.is_main:
+                    tqdm.write(f"videodit: warning: {message}", file=sys.stderr)
+                break
+        return values[-1][1]
 
 
 def run(cfg: LoopSettings, task: Task, dist: DistInfo, progress: bool = True) -> Path:
@@ -427,24 +480,29 @@ def run(cfg: LoopSettings, task: Task, dist: DistInfo, progress: bool = True) ->
     try:
         while r.step < cfg.steps:
             lr = lr_at(r.step, cfg, (time.monotonic() - t_start) / budget) * r.guard.lr_scale
-            result, grad_norm = r.train_step(net, next(batches), lr)
+            result = r.train_step(net, next(batches), lr)
             step = r.step
             bar.update(1)
-            logging = step % cfg.log_every == 0 or step == cfg.steps  # the same on every rank
-            # The rank mean (a collective) only for the logged steps; the bar shows this rank's loss.
-            loss = float(rank_mean(result.loss.detach().float(), dist) if logging else result.loss.detach())
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             now = time.monotonic()
+            logging = step % cfg.log_every == 0 or step == cfg.steps  # the same on every rank
+            out_of_time = main_flag(now - t_start > budget, dist)
+            done = step == cfg.steps or out_of_time
+            # Rank 0's clock decides a time-based save: every rank takes part in a distributed one.
+            saving = main_flag(done or step % cfg.save_every == 0 or now - t_save > 60 * cfg.save_minutes, dist)
+            # The host waits for the device only here: the guard must have seen every step before
+            # a log row, a snapshot (GUARD_SNAPSHOT_EVERY) or a checkpoint.
+            if logging or saving or step % GUARD_SNAPSHOT_EVERY == 0:
+                grad_norm = r.check()
+            if logging:  # the rank mean of the loss (a collective) only for the logged steps
+                loss = float(rank_mean(result.loss.detach().float(), dist))
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             if dist.is_main and logging:
                 rate = (step - last_log) / max(now - t_log, 1e-9)
                 last_log, t_log = step, now
                 r.log.write({"step": step, "loss": f"{loss:.6g}", "lr": f"{lr:.4g}", "grad_norm": f"{grad_norm:.5g}",
                              "it_per_s": f"{rate:.4g}", "elapsed_s": f"{now - t_start:.1f}",
                              **{k: short_value(v) for k, v in result.logs.items()}})
-            out_of_time = main_flag(now - t_start > budget, dist)
-            done = step == cfg.steps or out_of_time
-            # Rank 0's clock decides a time-based save: every rank takes part in a distributed one.
-            if main_flag(done or step % cfg.save_every == 0 or now - t_save > 60 * cfg.save_minutes, dist):
+            if saving:
                 r.save()
                 t_save = time.monotonic()
             elif task.wants_ema(step, done):
@@ -481,16 +539,19 @@ def _start_run(cfg: LoopSettings, task: Task, dist: DistInfo) -> tuple[Run, nn.M
         ema = copy.deepcopy(task.ema)
         D.fully_shard_model(ema, task.fsdp_units(ema), bf16=False)
         D.fully_shard_model(task.model, task.fsdp_units(task.model), bf16=cfg.bf16)
-    optimizer = torch.optim.AdamW([p for p in task.model.parameters() if p.requires_grad], lr=cfg.lr,
-                                  betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer([p for p in task.model.parameters() if p.requires_grad], cfg, dist.device, sharded)
     r = Run(cfg, task, dist, out, log, sharded, optimizer, ema, DivergenceGuard(cfg.warmup_steps))
     if found is not None:
         r.step, r.guard = _resume(*found, cfg, task, dist, optimizer, ema, sharded, log)
+        for group in optimizer.param_groups:  # a checkpoint's groups name the implementation it used
+            group.update(fused=optimizer.defaults["fused"], foreach=optimizer.defaults["foreach"])
     r.guard.take_snapshot(r.step, r.guarded)
     net = task.model
     if dist.world_size > 1 and not sharded:
         net = nn.parallel.DistributedDataParallel(task.model, device_ids=[dist.device.index]
                                                   if dist.device.type == "cuda" else None)
+    if task.compile_shapes:
+        net = compile_model(net, task.compile_shapes)
     return r, net
 
 

@@ -401,6 +401,7 @@ class VAETask:
 
     kind = CHECKPOINT_KIND
     ema_warmup = 10  # EMA decay (1 + s) / (10 + s): early bundles are not dominated by the init
+    compile_shapes = 0  # eager: --compile is the DiT's (videodit/train/dit.py)
     log_fields = ("l1", "kl", "psnr", "d_loss", "adv_scale", "drift")
     csv_logs = ()
 
