@@ -25,7 +25,9 @@ resumes from are dropped before it goes on, so no step is logged twice.
 Divergence: a NaN / inf loss or gradient norm never reaches the weights (the step is skipped),
 and a smoothed loss at ``GUARD_FACTOR`` times its best is treated the same way; the guard then
 restores the last healthy snapshot (model, EMA, optimizer, the task's other modules), halves the
-learning rate and goes on. After ``MAX_ROLLBACKS`` rollbacks the run stops with a clear error
+learning rate and goes on. The host does not wait for the device every step: the guard reads the
+buffered losses back on logged, snapshot and checkpoint steps (``Run.check``), so it rolls back
+up to ``log_every`` steps after the divergence. After ``MAX_ROLLBACKS`` rollbacks the run stops with a clear error
 (exit code 2) and the last checkpoint on disk stays the last good one. Without normalisation
 layers a too-high learning rate can kill a network for good: on a GPU the VAE at lr 1e-3, batch
 16 diverged at step ~600 and its posterior collapsed (KL -> 0) for the remaining 3300 steps.
