@@ -3,12 +3,20 @@
     python benchmarks/generate.py --model runs/dit/bundle --runs 5
     python benchmarks/generate.py                # the bundled model
     python benchmarks/generate.py --cold 0 --profile   # where a sampling run's time goes
+    python benchmarks/generate.py --compare-steps 30 16 8 4 --compare-prompts 100   # speed vs quality
 
 Each run is one `Pipeline` call at the bundle's default settings (frames, size, steps, guidance),
 seed = run index, after one warm-up call. Prints medians over the runs, the peak resident memory
 of the process, and the cold-start time of the whole `videodit generate` command (a fresh
 process: imports, model load, generation, mp4 write), median of --cold runs. Its last line:
     SUMMARY sample_decode_s=<x> cold_command_s=<x> peak_rss_mb=<x>
+
+--compare-steps N ...: before the timing runs, a table of the sampler at each step count N over
+the first --compare-prompts SynthWorld eval prompts (seed of clip i = i): the full model (Euler,
+the bundle's guidance and interval: two passes per guided step) and, when the bundle has one,
+its distilled student (one pass per step); for each, the median seconds of sampling + decoding a
+clip, the DiT passes per clip, the evaluator's SCORE in / out of distribution and the pass rates
+of colour, shape, count and motion (docs/EVAL.md).
 """
 
 from __future__ import annotations
@@ -39,6 +47,9 @@ def main() -> None:
     parser.add_argument("--cold", type=int, default=3, help="cold `videodit generate` commands to time (0 = skip)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one sampling run")
+    parser.add_argument("--compare-steps", type=int, nargs="+", default=None, metavar="N",
+                        help="print the steps | seconds | evaluator metrics table for these step counts")
+    parser.add_argument("--compare-prompts", type=int, default=100, help="eval prompts per --compare-steps row")
     parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"), default=None,
                         help="guide only at timesteps LO <= t <= HI (default: the bundle's; 0 1 = every step)")
     args = parser.parse_args()
@@ -59,6 +70,9 @@ def main() -> None:
           f"{cfg.sampler.steps} {cfg.sampler.solver} steps, guidance {cfg.sampler.guidance} at "
           f"{cfg.sampler.guidance_interval[0]} <= t <= {cfg.sampler.guidance_interval[1]}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.2f}")
+
+    if args.compare_steps:
+        compare_steps(pipe, args.compare_steps, args.compare_prompts)
 
     prompt = "A small red circle moves to the right on a black background."
     times = {"text": [], "sampling": [], "decode": []}
@@ -105,6 +119,36 @@ def main() -> None:
     print(f"load average now {os.getloadavg()[0]:.2f}")
     print(f"SUMMARY sample_decode_s={med['sampling'] + med['decode']:.3f} cold_command_s={cold:.2f} "
           f"peak_rss_mb={rss:.0f}")
+
+
+def compare_steps(pipe, steps_list: list[int], n: int) -> None:
+    """The --compare-steps table (see the module docstring)."""
+    from videodit.eval import evaluate
+    from videodit.eval.sampling import eval_prompts, summarize
+
+    prompts = eval_prompts(n)
+    cfg = pipe.config
+    solvers = ["euler"] + (["distilled"] if pipe.distilled is not None else [])
+    metrics = ("color", "shape", "count", "motion")
+    print(f"| sampler | steps | DiT passes | s / clip | SCORE in | SCORE held-out | {' | '.join(metrics)} |")
+    print("|---|---|---|---|---|---|" + "---|" * len(metrics))
+    for solver in solvers:
+        for steps in steps_list:
+            videos, seconds, passes = [], [], [0]
+            dit = pipe.model_for(pipe.sampler(solver=solver, steps=steps))[0]
+            hook = dit.register_forward_hook(lambda m, a, o: passes.__setitem__(0, passes[0] + o.shape[0]))
+            for i, prompt in enumerate(prompts):
+                a = time.perf_counter()
+                latents = pipe.generate_latents([prompt], frames=cfg.frames, size=cfg.size,
+                                                sampler=pipe.sampler(seed=i, steps=steps, solver=solver))
+                videos.append(pipe.decode_latents(latents)[0])
+                seconds.append(time.perf_counter() - a)
+            hook.remove()
+            row = summarize(evaluate(videos, prompts, fps=cfg.fps, progress=False))
+            name = "full model, Euler" if solver == "euler" else "distilled student"
+            print(f"| {name} | {steps} | {passes[0] / n:.0f} | {statistics.median(seconds):.3f} | "
+                  f"{row['score_in_dist']:.3f} | {row['score_heldout']:.3f} | "
+                  + " | ".join(f"{row[m]:.3f}" for m in metrics) + " |", flush=True)
 
 
 if __name__ == "__main__":

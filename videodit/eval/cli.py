@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--n", type=number(int, min=1), default=None, help="with --model: how many SynthWorld eval prompts (default 100)")
     gen.add_argument("--steps", type=number(int, min=1), default=None, help="with --model: sampler steps (default: the bundle's)")
     gen.add_argument("--guidance", type=number(float, min=0), default=None, help="with --model: guidance (default: the bundle's)")
+    gen.add_argument("--solver", choices=("euler", "heun", "distilled"), default=None,
+                     help="with --model: sampler solver (default: the bundle's; distilled = its few-step student)")
     gen.add_argument("--guidance-interval", type=number(float, min=0, max=1), nargs=2, metavar=("LO", "HI"), default=None,
                      help="with --model: guide only at timesteps LO <= t <= HI (default: the bundle's)")
     gen.add_argument("--seed", type=number(int, min=0), default=0, help="with --model: seed of video i is SEED + i (default 0)")
@@ -104,7 +106,7 @@ def generate_for_eval(args: argparse.Namespace) -> None:
     pipe = Pipeline.load(None if args.model == "bundled" else args.model, lora=args.lora)
     for i, prompt in enumerate(tqdm(prompts, desc="generate", unit="video")):
         video = pipe(prompt, steps=args.steps, guidance=args.guidance, seed=args.seed + i, size=size,
-                     frames=args.frames, guidance_interval=args.guidance_interval)
+                     frames=args.frames, guidance_interval=args.guidance_interval, solver=args.solver)
         write_video(folder / f"{i:05d}.mp4", video, fps=pipe.config.fps)
     (folder / "prompts.txt").write_text("\n".join(prompts) + "\n")
     args.videos, args.prompts = str(folder), str(folder / "prompts.txt")

@@ -30,7 +30,12 @@ def sample_and_evaluate(pipe, prompts: list[str], out_dir: Path, steps: int, gui
         write_video(out_dir / f"{i:05d}.mp4", frames, fps=pipe.config.fps)
         videos.append(frames)
     (out_dir / "prompts.txt").write_text("\n".join(prompts) + "\n")
-    result = evaluate(videos, prompts, fps=pipe.config.fps, progress=False)
+    return summarize(evaluate(videos, prompts, fps=pipe.config.fps, progress=False))
+
+
+def summarize(result) -> dict:
+    """An evaluation (videodit.eval.evaluate) -> its SCORE in and out of distribution and each
+    metric's pass rate over every video it applies to."""
     summary = {"score_in_dist": result.score["in_dist"], "score_heldout": result.score["heldout"]}
     for name in result.table["in_dist"]:
         outcomes = [v.metrics[name].passed for v in result.videos
