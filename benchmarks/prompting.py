@@ -190,7 +190,7 @@ def row_edit(pipe, ctx, i):
 
 def row_still(pipe, ctx, i):
     s = ctx.sample(i, 1)
-    image = pipe(s.caption, frames=1, seed=ctx.seed + i, steps=ctx.steps, guidance=ctx.guidance)
+    image = pipe(s.caption, frames=1, seed=ctx.seed + i, steps=ctx.steps, guidance=ctx.guidance, solver=ctx.solver)
     ctx.keep(i, "still", image, s.caption)
     sc = scores(image, s.caption, ctx.fps)
     return {"color": sc.get("color"), "shape": sc.get("shape"), "pass": bool(sc.get("color") and sc.get("shape"))}
@@ -202,7 +202,7 @@ def row_long(pipe, ctx, i):
     s = ctx.sample(i, ctx.window)
     long = prompting.long_video(pipe, s.caption, LONG_FRAMES, sampler=ctx.sampler(i))
     ctx.keep(i, "long", long, s.caption)
-    short = pipe(s.caption, seed=ctx.seed + i, steps=ctx.steps, guidance=ctx.guidance)
+    short = pipe(s.caption, seed=ctx.seed + i, steps=ctx.steps, guidance=ctx.guidance, solver=ctx.solver)
     seams = prompting.window_seams(LONG_FRAMES, ctx.window)
     diffs = [frame_diff(long[f], long[f + 1]) for f in range(len(long) - 1)]
     across = [diffs[f - 1] for f in seams]
@@ -221,6 +221,7 @@ class Context:
 
     def __init__(self, pipe, args):
         self.pipe, self.steps, self.guidance, self.seed = pipe, args.steps, args.guidance, args.seed
+        self.solver = args.solver
         self.strength, self.fps = args.strength, pipe.config.fps
         self.window, self.size = pipe.config.frames, tuple(pipe.config.size)
         self.examples = Path(args.examples) if args.examples else None
@@ -241,7 +242,7 @@ class Context:
         return make_sample("eval", i, width=width, height=height, frames=frames, family=family)
 
     def sampler(self, i):
-        return self.pipe.sampler(seed=self.seed + i, steps=self.steps, guidance=self.guidance)
+        return self.pipe.sampler(seed=self.seed + i, steps=self.steps, guidance=self.guidance, solver=self.solver)
 
 
 def summarize(name: str, records: list[dict]) -> dict:
@@ -277,6 +278,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     ap.add_argument("--steps", type=int, help="sampler steps (default: the bundle's)")
     ap.add_argument("--guidance", type=float, help="guidance (default: the bundle's)")
+    ap.add_argument("--solver", choices=("euler", "heun", "distilled"),
+                    help="sampler solver (default: the bundle's; distilled = its few-step student)")
     ap.add_argument("--strength", type=float, default=0.6, help="edit strength")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
