@@ -59,8 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="guide only at timesteps LO <= t <= HI (1 = noise, 0 = clean), the conditional pass alone "
                         "elsewhere; 0 1 = every step (default: the bundle's)")
     p.add_argument("--solver", choices=("euler", "heun", "distilled"), help="ODE solver; distilled = the bundle's "
-                   "few-step student, one pass per step (the bundled model's default; --solver euler --steps 30 "
-                   "samples the full model with two-pass guidance)")
+                   "few-step student from `videodit distill`, one pass per step (the default of a bundle whose "
+                   "sampler names it; --solver euler --steps 30 samples its full model with two-pass guidance)")
     p.add_argument("--seed", type=number(int, min=0), default=0, help="noise seed (same seed, same video; default 0)")
     p.add_argument("--negative", default="", help="negative prompt: what the video should not show")
     p.add_argument("--model", type=existing("dir"), help="model bundle folder (default: the bundled model)")
