@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_bundle, random_dit
-from videodit import distill
+from videodit import bundle, distill
 from videodit.cli import main
 from videodit.errors import VideoditError
 from videodit.lora import LoRAConfig
@@ -79,6 +79,8 @@ def test_save_and_load_give_the_same_student(tmp_path):
                 p.add_(0.05 * torch.randn_like(p))
     info = distill.DistillInfo(steps=4, substeps=2, guidance=3.0, guidance_interval=(0.2, 0.9))
     distill.save(student, LoRAConfig(rank=4), info, tmp_path / "distilled")
+    stored = bundle.load_tensors(tmp_path / "distilled" / bundle.WEIGHTS)
+    assert stored and all(v.dtype == torch.float16 for v in stored.values())
     loaded = distill.load(teacher, tmp_path / "distilled")
     assert loaded.info == info and not any(isinstance(m, torch.nn.Linear) and hasattr(m, "lora_a")
                                            for m in loaded.dit.modules())

@@ -21,8 +21,8 @@ held clean at t = 0 in both teacher and student, as in training.
 
 What is trained and shipped: low-rank adapters on the blocks' linears (videodit/lora.py) plus
 full copies of the small time-dependent parts (time and guidance embeddings, the shared time
-projection, the per-block modulation offsets, the output head): ~3.6 M parameters for the bundled
-DiT, a few MB in fp16, next to the teacher's weights in the bundle's ``distilled/`` folder. Loading
+projection, the per-block modulation offsets, the output head): 3.85 M parameters for the bundled
+DiT, 7.7 MB in fp16, next to the teacher's weights in the bundle's ``distilled/`` folder. Loading
 merges them into a plain DiT, so a student pass costs what a teacher pass costs.
 """
 
@@ -131,7 +131,8 @@ def save_adapter(distilled: Distilled, folder: str | Path) -> Path:
     with bundle.writing(folder) as tmp:
         config = {"lora": to_dict(distilled.lora), "dit": to_dict(distilled.dit.config), "distill": to_dict(distilled.info)}
         (tmp / bundle.CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        bundle.save_tensors({k: v.detach() for k, v in distilled.adapter.items()}, tmp / bundle.WEIGHTS)
+        # fp16 on disk, as the bundled DiT (half the size); loading copies them into fp32 parameters.
+        bundle.save_tensors({k: v.detach().to(torch.float16) for k, v in distilled.adapter.items()}, tmp / bundle.WEIGHTS)
     return Path(folder)
 
 
