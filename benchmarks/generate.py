@@ -4,9 +4,11 @@
     python benchmarks/generate.py                # the bundled model
     python benchmarks/generate.py --cold 0 --profile   # where a sampling run's time goes
     python benchmarks/generate.py --compare-steps 30 16 8 4 --compare-prompts 100   # speed vs quality
+    python benchmarks/generate.py --compile      # the DiT through torch.compile (the warm-up compiles)
 
 Each run is one `Pipeline` call at the bundle's default settings (frames, size, steps, guidance),
-seed = run index, after one warm-up call. Prints medians over the runs, the peak resident memory
+seed = run index, after one warm-up call (its time is printed: with --compile it holds the
+compilation, cached on disk by torch's inductor for later processes). Prints medians over the runs, the peak resident memory
 of the process, and the cold-start time of the whole `videodit generate` command (a fresh
 process: imports, model load, generation, mp4 write), median of --cold runs. Its last line:
     SUMMARY sample_decode_s=<x> cold_command_s=<x> peak_rss_mb=<x>
@@ -46,6 +48,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="timed generations after one warm-up")
     parser.add_argument("--cold", type=int, default=3, help="cold `videodit generate` commands to time (0 = skip)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--compile", action="store_true",
+                        help="load the pipeline with compile=True (torch.compile of the DiT), the cold command too")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one sampling run")
     parser.add_argument("--compare-steps", type=int, nargs="+", default=None, metavar="N",
                         help="print the steps | seconds | evaluator metrics table for these step counts")
@@ -61,7 +65,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe = Pipeline.load(args.model)
+    pipe = Pipeline.load(args.model, compile=args.compile)
     load_s = time.perf_counter() - t0
     if args.guidance_interval is not None:
         pipe.config = dataclasses.replace(pipe.config, sampler=pipe.sampler(guidance_interval=args.guidance_interval))
@@ -86,12 +90,14 @@ def main() -> None:
         c = time.perf_counter()
         pipe.decode_latents(latents)
         d = time.perf_counter()
+        if not run:
+            warm_up_s = d - a
         if run:  # run 0 warms up
             times["text"].append(b - a)
             times["sampling"].append(c - b)  # includes a cached text lookup
             times["decode"].append(d - c)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"load {load_s:.2f} s (once, with imports)")
+    print(f"load {load_s:.2f} s (once, with imports); warm-up run {warm_up_s:.2f} s")
     for k, v in med.items():
         print(f"{k:9s} {v:.3f} s  (median of {args.runs}; min {min(times[k]):.3f}, max {max(times[k]):.3f})")
     if args.profile:
@@ -110,6 +116,8 @@ def main() -> None:
             cmd = [sys.executable, "-m", "videodit.cli", "generate", prompt, "-o", str(Path(tmp) / "v.mp4")]
             if args.model:
                 cmd += ["--model", args.model]
+            if args.compile:
+                cmd += ["--compile"]
             for _ in range(args.cold):
                 a = time.perf_counter()
                 subprocess.run(cmd, check=True, capture_output=True)

@@ -105,6 +105,8 @@ def test_guidance_in_one_batch():
     calls = []
 
     class Fake:
+        config = DiTConfig()  # a plain DiT's: no guidance input, so two passes per guided step
+
         def __call__(self, x, t, *, text_kv):
             calls.append(x.shape[0])
             return torch.cat([torch.full_like(x[:2], 3.0), torch.full_like(x[2:], 1.0)])
@@ -119,6 +121,8 @@ def test_guidance_interval_runs_the_conditional_pass_alone_outside_it():
     calls = []
 
     class Fake:
+        config = DiTConfig()  # a plain DiT's: no guidance input, so two passes per guided step
+
         def __call__(self, x, t, *, text_kv):
             calls.append((round(t.amax().item(), 3), x.shape[0], text_kv.mask.shape[0]))
             return torch.cat([torch.full_like(x[:2], 3.0), torch.full_like(x[2:], 1.0)])
