@@ -8,8 +8,8 @@
 
 Each run is one `Pipeline` call at the bundle's default settings (frames, size, steps, guidance),
 seed = run index, after one warm-up call (its time is printed: with --compile it holds the
-compilation, cached on disk by torch's inductor for later processes). Prints medians over the runs, the peak resident memory
-of the process, and the cold-start time of the whole `videodit generate` command (a fresh
+compilation, cached on disk by torch's inductor for later processes). Prints medians over the
+runs, the peak resident memory of the process, and the cold-start time of the whole `videodit generate` command (a fresh
 process: imports, model load, generation, mp4 write), median of --cold runs. Its last line:
     SUMMARY sample_decode_s=<x> cold_command_s=<x> peak_rss_mb=<x>
 
@@ -90,9 +90,9 @@ def main() -> None:
         c = time.perf_counter()
         pipe.decode_latents(latents)
         d = time.perf_counter()
-        if not run:
+        if not run:  # run 0 warms up (and compiles, with --compile)
             warm_up_s = d - a
-        if run:  # run 0 warms up
+        else:
             times["text"].append(b - a)
             times["sampling"].append(c - b)  # includes a cached text lookup
             times["decode"].append(d - c)

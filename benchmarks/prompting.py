@@ -272,13 +272,15 @@ def summarize(name: str, records: list[dict]) -> dict:
 
 
 def main(argv=None) -> int:
+    from videodit.sample import SOLVERS
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model bundle (default: the bundled model)")
     ap.add_argument("--n", type=int, default=20, help="samples per row")
     ap.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     ap.add_argument("--steps", type=int, help="sampler steps (default: the bundle's)")
     ap.add_argument("--guidance", type=float, help="guidance (default: the bundle's)")
-    ap.add_argument("--solver", choices=("euler", "heun", "distilled"),
+    ap.add_argument("--solver", choices=SOLVERS,
                     help="sampler solver (default: the bundle's; distilled = its few-step student)")
     ap.add_argument("--strength", type=float, default=0.6, help="edit strength")
     ap.add_argument("--seed", type=int, default=0)
