@@ -272,7 +272,7 @@ def summarize(name: str, records: list[dict]) -> dict:
 
 
 def main(argv=None) -> int:
-    from videodit.sample import SOLVERS
+    from videodit.modes import SOLVERS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model bundle (default: the bundled model)")

@@ -21,6 +21,7 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".webp")
 def size_flag(text: str) -> tuple[int, int]:
     """--size WxH -> (width, height); a usage error when malformed."""
     from videodit.errors import VideoditError
+from videodit.modes import SOLVERS
     from videodit.world.scene import parse_size
 
     try:
@@ -48,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--n", type=number(int, min=1), default=None, help="with --model: how many SynthWorld eval prompts (default 100)")
     gen.add_argument("--steps", type=number(int, min=1), default=None, help="with --model: sampler steps (default: the bundle's)")
     gen.add_argument("--guidance", type=number(float, min=0), default=None, help="with --model: guidance (default: the bundle's)")
-    gen.add_argument("--solver", choices=("euler", "heun", "distilled"), default=None,
+    gen.add_argument("--solver", choices=SOLVERS, default=None,
                      help="with --model: sampler solver (default: the bundle's; distilled = its few-step student)")
     gen.add_argument("--guidance-interval", type=number(float, min=0, max=1), nargs=2, metavar=("LO", "HI"), default=None,
                      help="with --model: guide only at timesteps LO <= t <= HI (default: the bundle's)")
