@@ -8,8 +8,7 @@ from pathlib import Path
 
 from videodit.config import existing, number
 from videodit.errors import VideoditError
-from videodit.modes import SOLVERS
-from videodit.modes import DEFAULT_STRENGTH, DIRECTIONS
+from videodit.modes import DEFAULT_STRENGTH, DIRECTIONS, SOLVERS
 from videodit.world.scene import parse_size
 
 _EXAMPLES = """examples:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from videodit.config import add_dataclass_args, existing, number
+from videodit.modes import SOLVERS
 
 _EXAMPLES = """examples:
   videodit world render --split eval --n 60 --out /tmp/ev && cat /tmp/ev/*.txt > /tmp/prompts.txt
@@ -21,7 +22,6 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".webp")
 def size_flag(text: str) -> tuple[int, int]:
     """--size WxH -> (width, height); a usage error when malformed."""
     from videodit.errors import VideoditError
-from videodit.modes import SOLVERS
     from videodit.world.scene import parse_size
 
     try:
