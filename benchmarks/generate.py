@@ -5,6 +5,7 @@
     python benchmarks/generate.py --cold 0 --profile   # where a sampling run's time goes
     python benchmarks/generate.py --compare-steps 30 16 8 4 --compare-prompts 100   # speed vs quality
     python benchmarks/generate.py --compile      # the DiT through torch.compile (the warm-up compiles)
+    python benchmarks/generate.py --steps 30     # another step count (--solver another solver)
 
 Each run is one `Pipeline` call at the bundle's default settings (frames, size, steps, guidance),
 seed = run index, after one warm-up call (its time is printed: with --compile it holds the
@@ -34,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from videodit.modes import SOLVERS
+
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the videodit command does (videodit/cli.py)
 
@@ -56,6 +59,10 @@ def main() -> None:
     parser.add_argument("--compare-prompts", type=int, default=100, help="eval prompts per --compare-steps row")
     parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"), default=None,
                         help="guide only at timesteps LO <= t <= HI (default: the bundle's; 0 1 = every step)")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps of the timed runs and the cold "
+                        "command (default: the bundle's)")
+    parser.add_argument("--solver", choices=SOLVERS, default=None, help="sampler solver of the timed runs and the "
+                        "cold command (default: the bundle's)")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
@@ -67,8 +74,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     pipe = Pipeline.load(args.model, compile=args.compile)
     load_s = time.perf_counter() - t0
-    if args.guidance_interval is not None:
-        pipe.config = dataclasses.replace(pipe.config, sampler=pipe.sampler(guidance_interval=args.guidance_interval))
+    pipe.config = dataclasses.replace(pipe.config, sampler=pipe.sampler(
+        guidance_interval=args.guidance_interval, steps=args.steps, solver=args.solver))
     cfg = pipe.config
     print(f"bundle: {args.model or 'bundled'}; {cfg.frames} frames at {cfg.size[0]}x{cfg.size[1]}, "
           f"{cfg.sampler.steps} {cfg.sampler.solver} steps, guidance {cfg.sampler.guidance} at "
@@ -118,6 +125,8 @@ def main() -> None:
                 cmd += ["--model", args.model]
             if args.compile:
                 cmd += ["--compile"]
+            for flag, value in (("--steps", args.steps), ("--solver", args.solver)):
+                cmd += [flag, str(value)] if value is not None else []
             for _ in range(args.cold):
                 a = time.perf_counter()
                 subprocess.run(cmd, check=True, capture_output=True)
