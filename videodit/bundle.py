@@ -292,11 +292,16 @@ def read_bundle_config(cls, folder: str | Path, what: str):
         raise VideoditError(str(e)) from None
 
 
-def load_safetensors_checked(model: nn.Module, path: str | Path) -> None:
-    """Load verified, finite weights that fit ``model`` (every key and shape) into it."""
+def load_safetensors_checked(model: nn.Module, path: str | Path, assign: bool = False) -> None:
+    """Load verified, finite weights that fit ``model`` (every key and shape) into it. ``assign``:
+    the model's tensors are replaced by the loaded ones, converted to the model's dtypes (for a
+    model built on the meta device, which has no storage to copy into)."""
     state = load_tensors(path)
     check_state_dict(model, state, str(path))
-    model.load_state_dict(state)
+    if assign:
+        current = model.state_dict()
+        state = {k: v.to(current[k].dtype) for k, v in state.items()}
+    model.load_state_dict(state, assign=assign)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,8 +58,11 @@ def load_bundle_config(path: Path) -> BundleConfig:
 
 
 def load_dit(path: str | Path, device: str | torch.device = "cpu") -> DiT:
-    dit = DiT(bundle.read_bundle_config(DiTConfig, path, "DiT"))
-    bundle.load_safetensors_checked(dit, Path(path) / bundle.WEIGHTS)
+    # Built on the meta device, so the random initialisation the checkpoint would overwrite is
+    # skipped (constructing the bundled DiT: 0.17 s -> 0.015 s), and the loaded tensors are assigned.
+    with torch.device("meta"):
+        dit = DiT(bundle.read_bundle_config(DiTConfig, path, "DiT"))
+    bundle.load_safetensors_checked(dit, Path(path) / bundle.WEIGHTS, assign=True)
     return dit.to(device).eval()
 
 
