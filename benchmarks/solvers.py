@@ -28,12 +28,13 @@ import torch
 
 def passes(sampler, steps: int, solver: str, t_steps: list[float]) -> int:
     """DiT passes per clip: two where the step's timestep lies in the guidance interval."""
-    lo, hi = sampler.guidance_interval
-    guided = sum(lo - 1e-6 <= t <= hi + 1e-6 for t in t_steps) if sampler.guidance != 1.0 else 0
-    per_step = steps + guided
-    if solver == "heun":  # a second evaluation at every step's end, guided by the end's timestep
-        return per_step + len(t_steps) + sum(lo - 1e-6 <= t <= hi + 1e-6 for t in t_steps[1:] + [0.0])
-    return per_step
+    from videodit.sample import in_interval
+
+    def calls(ts):
+        return len(ts) + (sum(in_interval(t, sampler.guidance_interval) for t in ts) if sampler.guidance != 1.0 else 0)
+
+    # Heun: a second evaluation at every step's end, guided by the end's timestep
+    return calls(t_steps) + (calls(t_steps[1:] + [0.0]) if solver == "heun" else 0)
 
 
 def main(argv=None):

@@ -7,7 +7,7 @@ from conftest import random_dit
 from videodit import flow
 from videodit.dit import DiT, DiTConfig
 from videodit.errors import VideoditError
-from videodit.sample import FrameCondition, SamplerConfig, generate, guided_velocity, solve
+from videodit.sample import FrameCondition, SamplerConfig, generate, guided_velocity, in_interval, solve
 
 TINY = DiTConfig.preset("tiny")
 
@@ -107,6 +107,19 @@ def test_dpm_2m_is_second_order_on_gaussian_data():
     e20, e40 = error("dpm++2m", 20), error("dpm++2m", 40)
     assert e40 < e20 / 3.5 and e20 < error("euler", 20) / 2.5
     assert 1.7 < error("euler", 20) / error("euler", 40) < 2.3
+
+
+def test_dpm_2m_does_not_extrapolate_across_a_guidance_switch():
+    # A field constant on each side of a guidance interval's end: the clean estimate x - t v is
+    # constant on each side, so DPM-Solver++(2M) equals Euler exactly when it restarts at the
+    # switch, and not when it extrapolates across it.
+    interval = (0.0, 0.5)
+    c1, c2, x1 = torch.randn(3, 1, 2, 3, 2, 2, generator=torch.Generator().manual_seed(1))
+    field = lambda x, t: c2 if in_interval(t.amax().item(), interval) else c1  # noqa: E731
+    ts = flow.sampling_timesteps(9)
+    euler = solve(field, x1, ts, "euler")
+    assert torch.allclose(solve(field, x1, ts, "dpm++2m", guided=interval), euler, atol=1e-5)
+    assert not torch.allclose(solve(field, x1, ts, "dpm++2m"), euler, atol=1e-3)
 
 
 def test_conditioning_frames_are_held_and_seen_at_t0():

@@ -92,8 +92,11 @@ class FrameCondition:
 
 
 def solve(velocity: Velocity, x: torch.Tensor, timesteps: torch.Tensor, solver: str = "euler",
-          cond: FrameCondition | None = None, on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Integrate dx/dt = v from timesteps[0] to timesteps[-1] (normally 1 -> 0), starting at x."""
+          cond: FrameCondition | None = None, on_step: Callable[[int, int], None] | None = None,
+          guided: tuple[float, float] | None = None) -> torch.Tensor:
+    """Integrate dx/dt = v from timesteps[0] to timesteps[-1] (normally 1 -> 0), starting at x.
+    ``guided``: the guidance interval of ``velocity``, if it has one: the field jumps at its ends,
+    and the multistep solver does not extrapolate across them."""
     if solver not in SOLVERS:
         raise VideoditError(f"sampler solver {solver!r}: expected one of {SOLVERS}")
     B, T = x.shape[0], x.shape[2]
@@ -114,6 +117,8 @@ def solve(velocity: Velocity, x: torch.Tensor, timesteps: torch.Tensor, solver: 
         dt = t_next - t
         v = v_at(x, t)
         if solver == "dpm++2m":
+            if guided is not None and previous is not None and in_interval(previous[0], guided) != in_interval(t, guided):
+                previous = None  # guidance switched between the two steps: a first-order step
             x_next, previous = held(dpm_2m_step(x, v, t, t_next, previous, last=i == steps - 1)), (t, x - t * v)
         else:
             x_next = held(x + dt * v)
@@ -151,6 +156,11 @@ def dpm_2m_step(x: torch.Tensor, v: torch.Tensor, t: float, t_next: float,
     return (t_next / t) * x + (1 - t_next) * (1 - decay) * x0
 
 
+def in_interval(t: float, interval: tuple[float, float]) -> bool:
+    """Whether a step at timestep t is guided: lo <= t <= hi, the ends included (t is float32)."""
+    return interval[0] - 1e-6 <= t <= interval[1] + 1e-6
+
+
 def pad_text(text: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad (B, L, D) tokens and their (B, L) mask to ``length`` with masked zeros."""
     extra = length - text.shape[1]
@@ -171,8 +181,7 @@ def guided_velocity(dit, text_kv, guidance: float, interval: tuple[float, float]
     conditional: list = []  # the conditional half of text_kv, sliced once when first needed
 
     def velocity(x, t):
-        step_t = t.amax().item()  # the step's timestep (held conditioning frames sit at 0)
-        if not lo - 1e-6 <= step_t <= hi + 1e-6:  # the ends count, t being float32
+        if not in_interval(t.amax().item(), (lo, hi)):  # the step's timestep (held frames sit at 0)
             if not conditional:
                 B = x.shape[0]
                 conditional.append(TextKV([(k[:B], v[:B]) for k, v in text_kv.kv], text_kv.mask[:B]))
@@ -246,4 +255,6 @@ def generate(dit, text: torch.Tensor, text_mask: torch.Tensor, shape: tuple[int,
     with torch.no_grad(), autocast:
         text_kv = dit.text_kv(text, text_mask)
         velocity = guided_velocity(dit, text_kv, config.guidance, config.guidance_interval)
-        return solve(velocity, x, timesteps, config.solver, cond, on_step).float()
+        guided = config.guidance != 1.0 and not dit.config.guidance_embed
+        return solve(velocity, x, timesteps, config.solver, cond, on_step,
+                     config.guidance_interval if guided else None).float()
