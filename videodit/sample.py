@@ -40,8 +40,9 @@ Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (B,c,T,h,w
 class SamplerConfig:
     steps: int = field(default=30, metadata={"help": "ODE steps (Heun uses two model calls per step, the others one)"})
     solver: str = field(default="euler", metadata={
-        "help": f"one of {SOLVERS}; dpm++2m = DPM-Solver++(2M), second order at Euler's cost; distilled = Euler steps of the bundle's distilled student, one pass per step "
-                "with the guidance scale as its input (videodit/distill.py)"})
+        "help": f"one of {SOLVERS}; dpm++2m = DPM-Solver++(2M), second order at Euler's cost; distilled = "
+                "Euler steps of the bundle's distilled student, one pass per step with the guidance scale as its "
+                "input (videodit/distill.py)"})
     guidance: float = field(default=5.0, metadata={"help": "classifier-free guidance scale; 1 = no guidance"})
     guidance_interval: tuple[float, float] = field(default=(0.0, 1.0), metadata={
         "help": "guide only at steps whose timestep t has lo <= t <= hi; elsewhere the conditional velocity "
@@ -117,8 +118,9 @@ def solve(velocity: Velocity, x: torch.Tensor, timesteps: torch.Tensor, solver: 
         dt = t_next - t
         v = v_at(x, t)
         if solver == "dpm++2m":
-            if guided is not None and previous is not None and in_interval(previous[0], guided) != in_interval(t, guided):
-                previous = None  # guidance switched between the two steps: a first-order step
+            if guided is not None and previous is not None \
+                    and in_interval(previous[0], guided) != in_interval(t, guided):
+                previous = None  # the velocity jumped between the two steps: a first-order step
             x_next, previous = held(dpm_2m_step(x, v, t, t_next, previous, last=i == steps - 1)), (t, x - t * v)
         else:
             x_next = held(x + dt * v)
