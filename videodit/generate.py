@@ -51,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", help="output file: .mp4, .gif, .webp or .png (default: video.mp4)")
     p.add_argument("--prompts-file", type=existing("file"), help="batch mode: one prompt per line; writes OUT_DIR/00000.mp4, ...")
     p.add_argument("--out-dir", help="batch mode: output folder")
-    p.add_argument("--frames", type=number(int, min=1), help="number of frames, 4k+1 (default: the bundle's, 17)")
+    p.add_argument("--frames", type=number(int, min=1), help="number of frames, 4k+1 (default: the bundle's, 17); "
+                   "1 = a still image (with the bundled model, --steps 30 makes better stills: docs/PROMPTING.md)")
     p.add_argument("--size", type=size_flag, help="WIDTHxHEIGHT (default: the bundle's, 64x64)")
     p.add_argument("--steps", type=number(int, min=1), help="sampler steps")
     p.add_argument("--guidance", type=number(float, min=0), help="classifier-free guidance scale (1 = off)")
