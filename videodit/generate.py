@@ -59,8 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance-interval", type=number(float, min=0, max=1), nargs=2, metavar=("LO", "HI"),
                    help="guide only at timesteps LO <= t <= HI (1 = noise, 0 = clean), the conditional pass alone "
                         "elsewhere; 0 1 = every step (default: the bundle's)")
-    p.add_argument("--solver", choices=SOLVERS, help="ODE solver; dpm++2m = DPM-Solver++(2M), second order at Euler's cost of one pass a step; distilled = the bundle's "
-                   "few-step student from `videodit distill`, one pass per step (the default of a bundle whose "
+    p.add_argument("--solver", choices=SOLVERS, help="ODE solver; dpm++2m = DPM-Solver++(2M), second order at "
+                   "Euler's cost of one pass a step; distilled = the bundle's few-step student from `videodit distill`, one pass per step (the default of a bundle whose "
                    "sampler names it; --solver euler --steps 30 samples its full model with two-pass guidance)")
     p.add_argument("--seed", type=number(int, min=0), default=0, help="noise seed (same seed, same video; default 0)")
     p.add_argument("--negative", default="", help="negative prompt: what the video should not show")
