@@ -331,3 +331,59 @@ def test_packed_bad_inputs_are_named():
         model.forward_packed(xs, ts, text[:2], mask[:2])
     with pytest.raises(VideoditError, match="one timestep tensor per batch"):
         model.forward_packed(xs, ts[:1], text, mask)
+
+
+# -- token routing (TREAD): a route that keeps every token changes nothing, the kept tokens attend
+# only among themselves at their own positions, the skipped ones pass the routed blocks unchanged.
+
+
+def test_route_keeping_every_token_changes_nothing():
+    from videodit.dit import Route
+    model = random_model()
+    x, t, text, mask = inputs()
+    B, _, T, H, W = x.shape
+    S = (H // TINY.patch[1]) * (W // TINY.patch[2])
+    keep = torch.arange(S).expand(B, T // TINY.patch[0], S)
+    routed = model(x, t, text, mask, route=Route(0, TINY.depth, keep))
+    torch.testing.assert_close(routed, model(x, t, text, mask), rtol=0, atol=1e-6)
+
+
+def test_routed_tokens_see_only_each_other_and_skipped_ones_pass_through():
+    from videodit.dit import Route
+    model = random_model()
+    x, t, text, mask = inputs(H=4, W=6)
+    pt, ph, pw = TINY.patch
+    B, Tp, Wp = x.shape[0], x.shape[2] // pt, x.shape[4] // pw
+    top_row = torch.arange(Wp).expand(B, Tp, Wp)  # the first row of token positions in every frame
+    routed = model(x, t, text, mask, route=Route(0, TINY.depth, top_row))
+    # Kept tokens: exactly the model on the top row of patches alone (same RoPE positions).
+    alone = model(x[..., :ph, :].contiguous(), t, text, mask)
+    torch.testing.assert_close(routed[..., :ph, :], alone, rtol=1e-5, atol=1e-5)
+    # Skipped tokens: nothing else in the clip reaches them.
+    x2 = x.clone()
+    x2[..., :ph, :] += 1.0
+    x2[..., 2 * ph:, :] -= 1.0
+    again = model(x2, t, text, mask, route=Route(0, TINY.depth, top_row))
+    torch.testing.assert_close(again[..., ph:2 * ph, :], routed[..., ph:2 * ph, :], rtol=0, atol=1e-6)
+
+
+def test_random_route_draws_a_fraction_per_frame_and_saves_compute():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from videodit.dit import random_route
+    cfg = dataclasses.replace(TINY, depth=4)
+    model = random_model(cfg)
+    x, t, text, mask = inputs(H=8, W=8, cfg=cfg)
+    grid = (x.shape[2], 4, 4)
+    route = random_route(2, grid, 0.5, (1, 3), torch.Generator().manual_seed(0))
+    assert route.keep.shape == (2, x.shape[2], 8) and (route.keep.diff(dim=-1) > 0).all()
+    assert not torch.equal(route.keep[0, 0], route.keep[0, 1]) or not torch.equal(route.keep[0], route.keep[1])
+
+    def flops(**kw):
+        with FlopCounterMode(display=False) as counter:
+            model(x, t, text, mask, **kw).square().mean().backward()
+        return counter.get_total_flops()
+
+    assert flops(route=route) < 0.85 * flops()
+    with pytest.raises(VideoditError, match="route"):
+        model(x, t, text, mask, route=route._replace(end=cfg.depth + 1))

@@ -269,3 +269,21 @@ def test_data_trains_on_a_prepared_cache_and_refuses_another_vae(tmp_path, tiny_
     VideoVAE(PRESETS["tiny"]).save_pretrained(other_vae)
     with pytest.raises(VideoditError, match="prepared with another VAE"):
         train_dit(dit_train_cfg(tmp_path / "c", other_vae, **base))
+
+
+def test_token_routing_trains_resumes_exactly_and_is_checked(tmp_path, tiny_vae):
+    """--route: each step's route is drawn from the step's generator, so a resumed run gives the
+    uninterrupted run's weights; training with it moves the weights elsewhere than without."""
+    from safetensors.torch import load_file
+
+    straight = train_dit(dit_train_cfg(tmp_path / "a", tiny_vae, route=0.5))
+    train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, route=0.5, steps=2))
+    resumed = train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, route=0.5))
+    plain = train_dit(dit_train_cfg(tmp_path / "c", tiny_vae))
+    a, b, c = (load_file(p / "dit" / "model.safetensors") for p in (straight, resumed, plain))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    for bad, match in (({"route_blocks": (1,)}, "START END"), ({"route_blocks": (1, 3)}, "0 <= START < END <= 2"),
+                       ({"pack": 2}, "--pack")):
+        with pytest.raises(VideoditError, match=match):
+            train_dit(dit_train_cfg(tmp_path / "d", tiny_vae, route=0.5, **bad))

@@ -310,6 +310,36 @@ def enable_sequence_parallel(dit: "DiT", sp: SequenceParallel | None) -> None:
         block.self_attn.sp = sp
 
 
+class Route(NamedTuple):
+    """Token routing in training (TREAD, Krause et al. 2025): blocks ``start`` .. ``end - 1`` see
+    only the tokens ``keep`` (B, Tp, n) indexes in each token frame (n of its S); the others skip
+    those blocks and rejoin the residual stream unchanged after them, and the output (and so the
+    loss) covers every token. Attention among the kept tokens keeps their RoPE positions. Sampling
+    never routes. ``random_route`` draws one."""
+
+    start: int
+    end: int
+    keep: torch.Tensor  # (B, Tp, n) long: token positions within each frame, per clip and frame
+
+
+def random_route(batch: int, grid: tuple[int, int, int], fraction: float, blocks: tuple[int, int],
+                 generator: torch.Generator) -> Route:
+    """A Route in which ``fraction`` of each token frame's positions, drawn at random per clip and
+    frame, skip ``blocks`` = (start, end); drawn on the CPU from ``generator``."""
+    Tp, Hp, Wp = grid
+    S = Hp * Wp
+    n = max(1, S - round(fraction * S))
+    keep = torch.rand(batch, Tp, S, generator=generator).argsort(dim=-1)[..., :n].sort(dim=-1).values
+    return Route(blocks[0], blocks[1], keep)
+
+
+def routed_rope(rope: tuple[torch.Tensor, torch.Tensor], keep: torch.Tensor, S: int):
+    """RoPE tables (Tp*S, 1, hd) -> the kept tokens' rows, per clip: (B, Tp*n, 1, hd)."""
+    B, Tp, n = keep.shape
+    frame = torch.arange(Tp, device=keep.device)[None, :, None]  # (1, Tp, 1)
+    return tuple(r.view(Tp, S, r.shape[-1])[frame, keep].view(B, Tp * n, 1, r.shape[-1]) for r in rope)
+
+
 class TextKV(NamedTuple):
     """Per-block cross-attention keys/values, computed once per prompt batch by ``DiT.text_kv``."""
 
@@ -555,14 +585,17 @@ class DiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor | None = None,
                 text_mask: torch.Tensor | None = None, *, text_kv: TextKV | None = None,
-                guidance: torch.Tensor | float | None = None) -> torch.Tensor:
+                guidance: torch.Tensor | float | None = None, route: Route | None = None) -> torch.Tensor:
         """x (B, c, T, h, w); t (B, T) per latent frame or (B,); text + text_mask, or a precomputed
         text_kv; ``guidance`` (B,) or a number: the guidance scale of a guidance-distilled model
-        (DiTConfig.guidance_embed; default 1). Returns the velocity (B, c, T, h, w) in fp32. With
+        (DiTConfig.guidance_embed; default 1); ``route``: token routing in training (see Route).
+        Returns the velocity (B, c, T, h, w) in fp32. With
         pt > 1 a token frame takes the largest t of its pt latent frames. Lists x and t run
         ``forward_packed`` (so that a DistributedDataParallel wrapper, which only sees forward, can
         train packed)."""
         if isinstance(x, (list, tuple)):
+            if route is not None:
+                raise VideoditError("DiT: token routing does not go with packed sequences")
             return self.forward_packed(x, t, text, text_mask, text_kv=text_kv, guidance=guidance)
         cfg = self.config
         patches, t_frames, grid = self._patchify(x, t)
@@ -582,14 +615,30 @@ class DiT(nn.Module):
             patches = patches[:, :, lo:lo + n]  # (B, Tp, S/size, c*pt*ph*pw)
             rope = tuple(r.view(Tp, S, *r.shape[1:])[:, lo:lo + n].flatten(0, 1) for r in rope)  # (Tp*n, 1, hd)
         h = self.patch_embed(patches).float()  # (B, Tp, S, D) fp32 residual stream
-        for block, kv in zip(self.blocks, text_kv.kv):
-            h = block(h, mod, rope, kv, text_kv.mask)
+        h = self._blocks(h, mod, rope, text_kv, route)
 
         with torch.autocast(x.device.type, enabled=False):
             out = self._head(h, temb[:, :, None, :])  # (B, Tp, S, c*pt*ph*pw)
         if self.sp is not None:
             out = _GatherTokens.apply(out, self.sp)  # (B, Tp, S, c*pt*ph*pw)
         return self._unpatchify(out, x.shape)
+
+    def _blocks(self, h: torch.Tensor, mod: torch.Tensor, rope, text_kv: TextKV, route: Route | None) -> torch.Tensor:
+        """The transformer blocks over h (B, Tp, S, D); with a route, its span sees only the kept
+        tokens, which are then written back into the stream that skipped it."""
+        if route is not None and (self.sp is not None or not 0 <= route.start < route.end <= len(self.blocks)):
+            raise VideoditError(f"DiT route: blocks {route.start}..{route.end - 1} of {len(self.blocks)}, "
+                                f"without sequence parallelism")
+        B, Tp, S, D = h.shape
+        skipped, index, block_rope = None, None, rope
+        for i, (block, kv) in enumerate(zip(self.blocks, text_kv.kv)):
+            if route is not None and i == route.start:
+                index = route.keep.to(h.device)[..., None].expand(-1, -1, -1, D)  # (B, Tp, n, D)
+                skipped, h, block_rope = h, h.gather(2, index), routed_rope(rope, route.keep.to(h.device), S)
+            h = block(h, mod, block_rope, kv, text_kv.mask)
+            if skipped is not None and i == route.end - 1:
+                h, skipped, block_rope = skipped.scatter(2, index, h), None, rope
+        return h
 
     def forward_packed(self, xs: list[torch.Tensor], ts: list[torch.Tensor], text: torch.Tensor | None = None,
                        text_mask: torch.Tensor | None = None, *, text_kv: TextKV | None = None,

@@ -48,7 +48,7 @@ from videodit.config import check_ranges, to_dict
 from videodit.data import latent_cache
 from videodit.data.buckets import Bucket, centre_square, describe_plan, plan_buckets
 from videodit.data.synthworld import SynthWorldBatches, SynthWorldConfig
-from videodit.dit import PRESETS, DiT, DiTConfig, SequenceParallel, enable_sequence_parallel
+from videodit.dit import PRESETS, DiT, DiTConfig, Route, SequenceParallel, enable_sequence_parallel, random_route
 from videodit.errors import VideoditError, VideoditWarning
 from videodit.data.prepared import PreparedData
 from videodit.eval.sampling import eval_prompts, sample_and_evaluate
@@ -97,6 +97,14 @@ class DiTTrainConfig:
     t_mean: float = field(default=0.0, metadata={"help": "logit-normal timestep mean", "group": "optimisation"})
     t_std: float = field(default=1.0, metadata={
         "help": "logit-normal timestep std", "min": 0, "min_exclusive": True, "group": "optimisation"})
+    route: float = field(default=0.0, metadata={
+        "help": "token routing (TREAD, Krause et al. 2025): this fraction of each frame's tokens, drawn at random "
+                "every step, skips the blocks of --route-blocks and rejoins unchanged after them; the loss still "
+                "covers every token and sampling never routes (0 = off)",
+        "min": 0, "max": 1, "max_exclusive": True, "group": "optimisation"})
+    route_blocks: tuple[int, ...] = field(default=(), metadata={
+        "help": "START END: the blocks START .. END-1 that --route skips (default: from block 2 to the "
+                "last two blocks, 2 .. depth-3)", "min": 0, "group": "optimisation"})
     sizes: tuple[str, ...] = field(default=("64x64",), metadata={
         "help": "SynthWorld clip sizes WxH, one per batch", "group": "data"})
     frames: tuple[int, ...] = field(default=(17,), metadata={
@@ -218,6 +226,10 @@ class DiTTrainConfig:
         if self.pack == 1:
             raise VideoditError(f"--pack {self.pack}: give 0 (off) or the number of batches per step, >= 2")
         check_interval(self.sample_guidance_interval)
+        if self.route_blocks and len(self.route_blocks) != 2:
+            raise VideoditError(f"--route-blocks {self.route_blocks}: give two numbers, START END")
+        if self.route and (self.pack or self.sp > 1):
+            raise VideoditError("--route drops tokens from whole clips: it does not go with --pack or --sp")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,6 +373,10 @@ class DiTTask:
         else:
             self.plan = bucket_plan(cfg, self.vae.cfg.spatial_stride, self.model_cfg.patch)
         self.per_step = max(1, cfg.pack)
+        depth = self.model_cfg.depth
+        self.route_span = tuple(cfg.route_blocks) or (min(2, depth - 1), max(min(2, depth - 1) + 1, depth - 2))
+        if cfg.route and not 0 <= self.route_span[0] < self.route_span[1] <= depth:
+            raise VideoditError(f"--route-blocks {cfg.route_blocks}: need 0 <= START < END <= {depth} (the DiT's blocks)")
         self.check_layout()
         if (device.type == "cuda" if cfg.compile is None else cfg.compile) and not cfg.pack:
             self.compile_shapes = len(self.plan)
@@ -489,8 +505,9 @@ class DiTTask:
             tokens, mask = self.text.encode(captions)
         if self.compile_shapes:  # static shapes: the text always as long as the encoder's longest
             tokens, mask = pad_text(tokens, mask, self.text.config.max_length)
+        route = {"route": self.route(x_t, gen)} if self.cfg.route else {}
         with self.autocast:
-            v_pred = net(x_t, t, tokens, mask)
+            v_pred = net(x_t, t, tokens, mask, **route)
         if self.cfg.pack:
             loss = packed_flow_loss(v_pred, v_target, loss_mask)
         else:
@@ -500,6 +517,12 @@ class DiTTask:
             loss, batch = self.global_mean(loss, v_target, loss_mask)
         return loop.StepResult(loss, loss.detach(), {"bucket": "+".join(buckets), "batch": batch,
                                                      "time": f"{time.time():.0f}"})
+
+    def route(self, x_t: torch.Tensor, gen: torch.Generator) -> Route:
+        """This step's token route (--route), drawn from the step's generator."""
+        pt, ph, pw = self.model_cfg.patch
+        B, _, T, h, w = x_t.shape
+        return random_route(B, (T // pt, h // ph, w // pw), self.cfg.route, self.route_span, gen)
 
     def rows(self, local: int) -> tuple[int, int] | None:
         """(first row, global batch size) of this rank's ``local`` clips (None for one process).

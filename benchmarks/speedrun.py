@@ -1,0 +1,281 @@
+"""A fixed-budget training protocol for the DiT: which recipe learns more from the same compute.
+
+    PYTHONPATH=. python benchmarks/speedrun.py run baseline --budget cpu       # ~40 min on 2 cores
+    PYTHONPATH=. python benchmarks/speedrun.py run medium --budget cpu
+    PYTHONPATH=. python benchmarks/speedrun.py table runs/speedrun/cpu-baseline runs/speedrun/cpu-medium
+    PYTHONPATH=. python benchmarks/speedrun.py list                             # the recipes
+    PYTHONPATH=. python benchmarks/speedrun.py run baseline --budget quick      # a smoke test, ~1 min
+
+A run trains one recipe from scratch (seed 0, SynthWorld 64x64x17 training clips through the
+bundled VAE, batch 8) for a fixed number of FLOPs: the forward + backward FLOPs of one step are
+counted by torch.utils.flop_counter on the recipe's own model and step (so a recipe that computes
+less per step gets more steps), and ``--steps`` = budget / that. The learning-rate schedule is
+sized to those steps (5 % warm-up, cosine to lr/10), so the result does not depend on the machine
+or on its load, and a killed run resumes where it stopped (``videodit train``'s exact resume).
+
+Then two measures of the EMA model in OUT/bundle:
+  - val loss: the flow-matching loss on 128 SynthWorld eval-split clips (indices 1000-1127, their
+    canonical captions) at 8 fixed timesteps t = (2i + 1) / 16 with fixed noise, every frame
+    generated: a low-noise measure of the fit (in the recipe's latent space: recipes with other
+    latent statistics are not comparable on it);
+  - the evaluator on ``--prompts`` (200) SynthWorld eval prompts, sampled as the bundled model is
+    (16 Euler steps, guidance 4 at 0.2 <= t <= 0.85), batches of 25 sharing the seed of their first
+    prompt, so two runs see the same prompts with the same noise and compare paired.
+OUT/speedrun.json holds the recipe, the budget, the FLOPs, both measures and the wall times.
+
+``table`` prints, for the runs given, each metric with a bootstrap 95 % interval and, for every run
+after the first, its paired difference from the first (1000 resamples of the prompts), the val
+loss, and the SCORE (mean of the metrics' accuracies, in-distribution / held-out). A recipe change
+is adopted only when its paired interval on SCORE (or on the metrics it targets) lies above zero.
+
+Budgets (FLOPs of the training steps alone; rendering, the VAE encode and the evaluation are not
+counted): quick 2e11 (tests; the tiny preset), cpu 3e14 (cpu-small: 2,187 steps, cpu-medium: 966;
+~30 min of training on 2 cores), gpu 8.7e15 (a quarter of the shipped DiT's 3.5e16: the issue's
+target is its scores from this budget; cpu-medium at batch 256, ~880 steps, a few minutes of one
+H100; ``--device cuda``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+# The shipped DiT's training: 287 M tokens x 1.21e8 FLOPs a token (cpu-medium) = 3.5e16 FLOPs.
+BUDGETS = {"quick": 2e11, "cpu": 3e14, "gpu": 8.7e15}
+EVAL_STEPS, EVAL_GUIDANCE, EVAL_INTERVAL, EVAL_BATCH = 16, 4.0, (0.2, 0.85), 25
+VAL_CLIPS, VAL_FIRST, VAL_TIMES = 128, 1000, 8
+# The protocol's fixed settings; a recipe overrides any of them (and any DiTTrainConfig field).
+PROTOCOL = dict(preset="cpu-small", batch_size=8, sizes=("64x64",), frames=(17,), seed=0, sample_every=0,
+                sample_guidance_interval=EVAL_INTERVAL, latent_cache=8000, log_every=25, save_minutes=5.0)
+# Recipes: DiTTrainConfig overrides, plus "latents": "global" (the bundled VAE's one latent shift
+# and scale for all channels instead of its per-channel statistics).
+RECIPES: dict[str, dict] = {
+    "baseline": {},
+    "medium": {"preset": "cpu-medium"},
+    "global-latents": {"latents": "global"},
+    "tread": {"route": 0.5},  # half of each frame's tokens skip blocks 2 .. depth-3 (videodit train --route)
+}
+# Per budget, changes to the protocol: quick, a tiny model and cache; gpu, the shipped model's size
+# and batch (cpu-medium, 81,920 tokens a step) with its 80,000-clip cache rendered by 14 workers.
+BUDGET_PROTOCOL = {"quick": dict(preset="tiny", latent_cache=16, batch_size=4),
+                   "gpu": dict(preset="cpu-medium", batch_size=256, latent_cache=80000, num_workers=14, log_every=50)}
+
+
+def recipe_overrides(name: str, budget: str) -> dict:
+    if name not in RECIPES:
+        raise SystemExit(f"recipe {name!r}: unknown; choose one of {', '.join(RECIPES)}")
+    changes = {k: v for k, v in BUDGET_PROTOCOL.get(budget, {}).items() if k not in RECIPES[name]}
+    return {**PROTOCOL, **changes, **RECIPES[name]}
+
+
+def global_vae(folder: Path) -> Path:
+    """A copy of the bundled VAE that normalises with its global latent shift and scale."""
+    from videodit.bundle import BUNDLED, write_checksums
+    if not (folder / "config.json").exists():
+        shutil.copytree(BUNDLED / "vae", folder, dirs_exist_ok=True)
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg["latent_channel_shift"] = cfg["latent_channel_scale"] = None
+        (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        write_checksums(folder)
+    return folder
+
+
+def step_flops(cfg) -> int:
+    """Forward + backward FLOPs of one training step of ``cfg``'s DiT on its batch (the protocol
+    trains one size bucket), counted through the trainer's own step on random latents and text."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from videodit.train.dit import DiTTask
+    from videodit.train.loop import DistInfo
+    task = DiTTask(dataclasses.replace(cfg, latent_cache=0, num_workers=0), DistInfo(0, 1, 0, torch.device("cpu")))
+    (w, h, f), entry = next(iter(task.plan.items()))
+    s, B = task.vae.cfg.spatial_stride, entry.batch
+    latents = torch.randn(B, task.vae.cfg.latent_channels, (f - 1) // 4 + 1, h // s, w // s)
+    text = (torch.randn(B, task.text.config.max_length, task.text.dim), torch.ones(B, task.text.config.max_length,
+                                                                                  dtype=torch.bool))
+    batch = [(latents, ["a red circle"] * B, f"{w}x{h}x{f}", text)]
+    with FlopCounterMode(display=False) as counter:
+        task.step(task.model, batch, 0, torch.Generator().manual_seed(0), cfg.lr).loss.backward()
+    return counter.get_total_flops()
+
+
+def train_config(name: str, budget: str, out: Path):
+    from videodit.train.dit import DiTTrainConfig
+    over = recipe_overrides(name, budget)
+    if over.pop("latents", "channel") == "global":
+        over["vae"] = str(global_vae(out / "vae-global"))
+    cfg = DiTTrainConfig(out=str(out), steps=1, **over)
+    flops = step_flops(cfg)
+    steps = max(1, int(BUDGETS[budget] // flops))
+    return dataclasses.replace(cfg, steps=steps, warmup_steps=steps // 20), flops
+
+
+def share_cache(cfg, root: Path) -> None:
+    """Recipes with the protocol's data settings share one latent cache: hard-link it into OUT
+    (the trainer checks its key and rebuilds it when a recipe's data differ)."""
+    shared, mine = root / f"latents-{cfg.latent_cache}-b{cfg.batch_size}.pt", Path(cfg.out) / "latents-rank0.pt"
+    if shared.exists() and not mine.exists() and not cfg.vae:
+        os.link(shared, mine)
+
+
+def keep_cache(cfg, root: Path) -> None:
+    shared, mine = root / f"latents-{cfg.latent_cache}-b{cfg.batch_size}.pt", Path(cfg.out) / "latents-rank0.pt"
+    if mine.exists() and not shared.exists() and not cfg.vae:
+        os.link(mine, shared)
+
+
+def val_loss(pipe, cache: Path) -> float:
+    """The EMA model's flow-matching loss on the fixed validation clips (see the module doc)."""
+    from videodit import flow
+    from videodit.video import frames_to_tensor
+    from videodit.world import make_sample
+    w, h = pipe.config.size
+    autocast = torch.autocast(pipe.device.type, torch.bfloat16)
+    if not cache.exists():
+        samples = [make_sample("eval", VAL_FIRST + i, 0, width=w, height=h, frames=pipe.config.frames)
+                   for i in range(VAL_CLIPS)]
+        with torch.no_grad(), autocast:
+            latents = torch.cat([pipe.vae.encode(frames_to_tensor(np.stack([s.frames for s in samples[i:i + 16]]))
+                                                 .to(pipe.device)) for i in range(0, VAL_CLIPS, 16)]).float().cpu()
+        torch.save({"latents": latents, "captions": [s.caption for s in samples]}, cache)
+    data = torch.load(cache, weights_only=True)
+    x0 = pipe.vae.normalize(data["latents"].to(pipe.device))
+    gen = torch.Generator().manual_seed(0)
+    losses = []
+    with torch.no_grad(), autocast:
+        tokens, mask = pipe.text.encode(data["captions"])
+        for i in range(VAL_TIMES):
+            t = torch.full((VAL_CLIPS,), (2 * i + 1) / (2 * VAL_TIMES))
+            x_t, v = flow.interpolate(x0, torch.randn(x0.shape, generator=gen).to(x0.device), t.to(x0.device))
+            for lo in range(0, VAL_CLIPS, 32):
+                part = slice(lo, lo + 32)
+                pred = pipe.dit(x_t[part], t[part], tokens[part], mask[part])
+                losses.append(float(flow.flow_loss(pred, v[part])))
+    return float(np.mean(losses))
+
+
+def evaluate_bundle(bundle: Path, prompts: int, out: Path, device: str) -> dict:
+    """The evaluator on the first ``prompts`` eval prompts (see the module doc) -> out/eval.json."""
+    from videodit.eval import evaluate
+    from videodit.eval.sampling import eval_prompts
+    from videodit.pipeline import Pipeline
+    pipe = Pipeline.load(bundle, device=device)
+    texts = eval_prompts(prompts)
+    videos = []
+    for start in range(0, len(texts), EVAL_BATCH):
+        videos += list(pipe(texts[start:start + EVAL_BATCH], steps=EVAL_STEPS, guidance=EVAL_GUIDANCE,
+                            guidance_interval=EVAL_INTERVAL, seed=start))
+    result = evaluate(videos, texts, fps=pipe.config.fps, progress=False)
+    (out / "eval.json").write_text(json.dumps(result.to_json(), indent=1) + "\n")
+    # The validation clips' raw latents depend on the VAE's weights and the size only (not on its
+    # latent statistics): one file per (size, weights) next to the runs.
+    total = float(sum(p.detach().double().sum() for p in pipe.vae.parameters()))
+    cache = out.parent / "val-{}x{}x{}-{:.10e}.pt".format(*pipe.config.size, pipe.config.frames, total)
+    return {"score": result.score, "val_loss": val_loss(pipe, cache)}
+
+
+def run(args) -> None:
+    from videodit.device import pick_device
+    from videodit.train.dit import train_dit
+    root = Path(args.root)
+    out = root / f"{args.budget}-{args.recipe}"
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    cfg, flops = train_config(args.recipe, args.budget, out)
+    cfg = dataclasses.replace(cfg, threads=args.threads, device=args.device)
+    print(f"speedrun {args.recipe} ({args.budget}): {flops / 1e9:.1f} GFLOP a step, {cfg.steps} steps, "
+          f"{cfg.steps * flops / 1e12:.1f} TFLOP", flush=True)
+    share_cache(cfg, root)
+    t0 = time.time()
+    train_dit(cfg)
+    train_s = time.time() - t0
+    keep_cache(cfg, root)
+    t0 = time.time()
+    device = str(pick_device(args.device))
+    measured = evaluate_bundle(out / "bundle", args.prompts, out, device)
+    report = {"recipe": args.recipe, "overrides": {k: v for k, v in RECIPES[args.recipe].items()},
+              "budget": args.budget, "budget_flops": BUDGETS[args.budget], "step_flops": flops,
+              "steps": cfg.steps, "prompts": args.prompts, "train_s_this_call": round(train_s, 1),
+              "eval_s": round(time.time() - t0, 1), **measured}
+    (out / "speedrun.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(f"RESULT {args.recipe} val_loss={measured['val_loss']:.4f} "
+          f"score={measured['score']['in_dist']:.3f}/{measured['score']['heldout']:.3f}", flush=True)
+
+
+def table(args) -> None:
+    """Paired table of runs against the first (eval_sizes' metrics and intervals)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from eval_sizes import METRICS, interval, outcomes
+    runs = []
+    for d in map(Path, args.runs):
+        info = json.loads((d / "speedrun.json").read_text())
+        prompts, per_metric = outcomes(d / "eval.json")
+        runs.append((d.name, info, prompts, per_metric))
+    base_name, base_info, base_prompts, base = runs[0]
+    if any(p != base_prompts for _, _, p, _ in runs[1:]):
+        raise SystemExit("runs evaluated on different prompts: they compare only paired")
+    rows = [("steps", lambda i, _: f"{i['steps']}"), ("TFLOP", lambda i, _: f"{i['steps'] * i['step_flops'] / 1e12:.0f}"),
+            ("val loss", lambda i, _: f"{i['val_loss']:.4f}"),
+            ("SCORE in / held-out", lambda i, _: f"{i['score']['in_dist']:.3f} / {i['score']['heldout']:.3f}")]
+    print("| | " + " | ".join(name for name, *_ in runs) + " |\n|---" * 1 + "|---" * len(runs) + "|")
+    for label, cell in rows:
+        print(f"| {label} | " + " | ".join(cell(info, table_) for _, info, _, table_ in runs) + " |")
+    for m in METRICS + ("mean",):
+        cells = []
+        for name, _, _, tab in runs:
+            v = metric_values(tab, m)
+            lo, hi = interval(v, np.random.default_rng(0))
+            cell = f"{np.nanmean(v):.3f} [{lo:.2f}, {hi:.2f}]"
+            if name != base_name:
+                d = v - metric_values(base, m)
+                dlo, dhi = interval(d, np.random.default_rng(0))
+                cell += f", {np.nanmean(d):+.3f} [{dlo:+.2f}, {dhi:+.2f}]"
+            cells.append(cell)
+        print(f"| {m} | " + " | ".join(cells) + " |")
+
+
+def metric_values(tab: dict, m: str) -> np.ndarray:
+    """Per prompt: the outcome of metric ``m`` (NaN where not asked), or with "mean" the mean of
+    the outcomes the prompt has (a per-prompt score, so that differences pair by prompt)."""
+    if m != "mean":
+        return tab[m]
+    return np.nanmean(np.stack(list(tab.values())), axis=0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="train one recipe for the budget, then measure it")
+    r.add_argument("recipe", help="a recipe name (`list` shows them)")
+    r.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
+    r.add_argument("--root", default="runs/speedrun", help="runs go to ROOT/BUDGET-RECIPE")
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda: trains and measures there")
+    r.add_argument("--prompts", type=int, default=200, help="eval prompts for the evaluator")
+    t = sub.add_parser("table", help="paired table of finished runs against the first")
+    t.add_argument("runs", nargs="+", help="run folders (ROOT/BUDGET-RECIPE)")
+    sub.add_parser("list", help="the recipes and what each changes")
+    args = ap.parse_args()
+    if args.cmd == "run":
+        run(args)
+    elif args.cmd == "table":
+        table(args)
+    else:
+        for name, over in RECIPES.items():
+            print(f"{name:16s} {over or 'videodit train defaults under the protocol'}")
+
+
+if __name__ == "__main__":
+    main()
