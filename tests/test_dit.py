@@ -387,3 +387,12 @@ def test_random_route_draws_a_fraction_per_frame_and_saves_compute():
     assert flops(route=route) < 0.85 * flops()
     with pytest.raises(VideoditError, match="route"):
         model(x, t, text, mask, route=route._replace(end=cfg.depth + 1))
+
+
+def test_kept_positions_follow_the_token_layout():
+    from videodit.dit import Route, kept_positions
+    B, T, h, w, patch = 2, 4, 4, 6, (2, 2, 2)
+    top_row = torch.arange(3).expand(B, T // 2, 3)  # tokens 0..2: the first row of each token frame
+    kept = kept_positions(Route(0, 1, top_row), (B, 8, T, h, w), patch)
+    assert kept.shape == (B, 1, T, h, w)
+    assert kept[..., :2, :].all() and not kept[..., 2:, :].any()

@@ -256,3 +256,15 @@ def test_overfit_one_text_clip_pair(one_thread):
     out = generate(model, text, mask, clip.shape, SamplerConfig(steps=10, guidance=1.0, shift=1.0, bf16=False))
     relative_mse = ((out - clip).square().mean() / clip.square().mean()).item()
     assert relative_mse < 0.01, relative_mse
+
+
+def test_flow_loss_takes_a_mask_of_latent_positions():
+    g = torch.Generator().manual_seed(0)
+    v, target = torch.randn(2, 3, 4, 5, 6, generator=g), torch.randn(2, 3, 4, 5, 6, generator=g)
+    positions = torch.rand(2, 1, 4, 5, 6, generator=g) < 0.4
+    err = (v - target).square()
+    expected = err[positions.expand_as(err)].mean()
+    torch.testing.assert_close(flow.flow_loss(v, target, positions), expected)
+    frames = torch.tensor([[True, False, True, True], [False, True, True, False]])
+    torch.testing.assert_close(flow.flow_loss(v, target, frames),
+                               flow.flow_loss(v, target, frames[:, None, :, None, None].expand(2, 1, 4, 5, 6)))

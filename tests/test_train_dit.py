@@ -283,7 +283,26 @@ def test_token_routing_trains_resumes_exactly_and_is_checked(tmp_path, tiny_vae)
     a, b, c = (load_file(p / "dit" / "model.safetensors") for p in (straight, resumed, plain))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
+    # --route-until 0: no step routes, so no route is drawn: exactly the plain run.
+    never = load_file(train_dit(dit_train_cfg(tmp_path / "e", tiny_vae, route=0.5, route_until=0.0)) / "dit" /
+                      "model.safetensors")
+    assert all(torch.equal(never[k], c[k]) for k in c)
     for bad, match in (({"route_blocks": (1,)}, "START END"), ({"route_blocks": (1, 3)}, "0 <= START < END <= 2"),
                        ({"pack": 2}, "--pack")):
         with pytest.raises(VideoditError, match=match):
             train_dit(dit_train_cfg(tmp_path / "d", tiny_vae, route=0.5, **bad))
+
+
+def test_token_masked_training_counts_only_kept_tokens_and_resumes_exactly(tmp_path, tiny_vae):
+    """--route-loss kept --route-blocks 0 DEPTH: masked training; a resumed run is the uninterrupted
+    one, and its loss differs from TREAD's (all tokens counted) on the same draws."""
+    masked = dict(route=0.5, route_blocks=(0, 2), route_loss="kept", route_until=0.5)
+    straight = train_dit(dit_train_cfg(tmp_path / "a", tiny_vae, **masked))
+    train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, steps=3, **masked))
+    resumed = train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, **masked))
+    from safetensors.torch import load_file
+    a, b = (load_file(p / "dit" / "model.safetensors") for p in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    train_dit(dit_train_cfg(tmp_path / "c", tiny_vae, **{**masked, "route_loss": "all"}))
+    first_loss = [(tmp_path / r / "run" / "log.csv").read_text().splitlines()[1].split(",")[1] for r in ("a", "c")]
+    assert first_loss[0] != first_loss[1]

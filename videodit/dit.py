@@ -333,6 +333,17 @@ def random_route(batch: int, grid: tuple[int, int, int], fraction: float, blocks
     return Route(blocks[0], blocks[1], keep)
 
 
+def kept_positions(route: Route, latent_shape: tuple[int, ...], patch: tuple[int, int, int]) -> torch.Tensor:
+    """The latent positions of a route's kept tokens: (B, 1, T, h, w) bool for latents of
+    ``latent_shape`` (B, c, T, h, w) cut into tokens of ``patch``."""
+    B, _, T, h, w = latent_shape
+    pt, ph, pw = patch
+    Tp, Hp, Wp = T // pt, h // ph, w // pw
+    kept = torch.zeros(B, Tp, Hp * Wp, dtype=torch.bool, device=route.keep.device).scatter_(2, route.keep, True)
+    kept = kept.view(B, Tp, 1, Hp, 1, Wp, 1).expand(B, Tp, pt, Hp, ph, Wp, pw)
+    return kept.reshape(B, 1, T, h, w)
+
+
 def routed_rope(rope: tuple[torch.Tensor, torch.Tensor], keep: torch.Tensor, S: int):
     """RoPE tables (Tp*S, 1, hd) -> the kept tokens' rows, per clip: (B, Tp*n, 1, hd)."""
     B, Tp, n = keep.shape

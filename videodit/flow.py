@@ -36,11 +36,14 @@ def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple
 
 def flow_loss(v_pred: torch.Tensor, v_target: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared velocity error. frame_mask (B, T) bool selects the frames that count, so
-    clean conditioning frames (t = 0, nothing to predict) are left out of the loss."""
+    clean conditioning frames (t = 0, nothing to predict) are left out of the loss; a mask
+    (B, 1, T, h, w) selects single latent positions (token-masked training)."""
     err = (v_pred.float() - v_target.float()).square()  # (B, c, T, h, w)
     if frame_mask is None:
         return err.mean()
-    w = frame_mask[:, None, :, None, None].to(err.dtype).expand_as(err)
+    if frame_mask.dim() == 2:
+        frame_mask = frame_mask[:, None, :, None, None]
+    w = frame_mask.to(err.dtype).expand_as(err)
     return (err * w).sum() / w.sum().clamp_min(1)
 
 

@@ -48,7 +48,8 @@ from videodit.config import check_ranges, to_dict
 from videodit.data import latent_cache
 from videodit.data.buckets import Bucket, centre_square, describe_plan, plan_buckets
 from videodit.data.synthworld import SynthWorldBatches, SynthWorldConfig
-from videodit.dit import PRESETS, DiT, DiTConfig, Route, SequenceParallel, enable_sequence_parallel, random_route
+from videodit.dit import (PRESETS, DiT, DiTConfig, Route, SequenceParallel, enable_sequence_parallel, kept_positions,
+                          random_route)
 from videodit.errors import VideoditError, VideoditWarning
 from videodit.data.prepared import PreparedData
 from videodit.eval.sampling import eval_prompts, sample_and_evaluate
@@ -105,6 +106,13 @@ class DiTTrainConfig:
     route_blocks: tuple[int, ...] = field(default=(), metadata={
         "help": "START END: the blocks START .. END-1 that --route skips (default: from block 2 to the "
                 "last two blocks, 2 .. depth-3)", "min": 0, "group": "optimisation"})
+    route_loss: str = field(default="all", metadata={
+        "help": "with --route: 'all' (TREAD) counts every token in the loss; 'kept' only the tokens that went "
+                "through the routed blocks, which with --route-blocks 0 DEPTH is token-masked training "
+                "(MaskDiT-style, without its decoder)", "choices": ("all", "kept"), "group": "optimisation"})
+    route_until: float = field(default=1.0, metadata={
+        "help": "with --route: route in this fraction of the steps, then train every token through every block "
+                "(MaskDiT's unmasked tuning at the end)", "min": 0, "max": 1, "group": "optimisation"})
     sizes: tuple[str, ...] = field(default=("64x64",), metadata={
         "help": "SynthWorld clip sizes WxH, one per batch", "group": "data"})
     frames: tuple[int, ...] = field(default=(17,), metadata={
@@ -296,9 +304,15 @@ def pad_text(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[tor
     return F.pad(tokens, (0, 0, 0, extra)), F.pad(mask, (0, extra))
 
 
+def counted(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """How many elements of v (B, c, T, h, w) flow_loss counts under ``mask``: (B, T) frames or
+    (B, 1, T, h, w) latent positions."""
+    return mask.sum() * (v[0, :, 0].numel() if mask.dim() == 2 else v.shape[1])
+
+
 def packed_flow_loss(v_preds, v_targets, masks) -> torch.Tensor:
     """flow_loss over several batches as if they were one: the mean over every counted element."""
-    counts = [m.sum() * v[0, :, 0].numel() for v, m in zip(v_preds, masks)]  # elements per batch
+    counts = [counted(v, m) for v, m in zip(v_preds, masks)]  # elements per batch
     total = sum(counts).clamp_min(1)
     return sum(flow.flow_loss(v, vt, m) * (n / total) for v, vt, m, n in zip(v_preds, v_targets, masks, counts))
 
@@ -379,7 +393,7 @@ class DiTTask:
             raise VideoditError(f"--route-blocks {cfg.route_blocks}: need 0 <= START < END <= {depth} (the DiT's blocks)")
         self.check_layout()
         if (device.type == "cuda" if cfg.compile is None else cfg.compile) and not cfg.pack:
-            self.compile_shapes = len(self.plan)
+            self.compile_shapes = len(self.plan) * (2 if cfg.route and cfg.route_until < 1 else 1)  # routed, plain
         sampler = SamplerConfig(guidance=cfg.sample_guidance, guidance_interval=cfg.sample_guidance_interval)
         width, height, frames = max(self.plan, key=lambda k: self.plan[k].odds)  # the commonest bucket
         self.pipe = Pipeline(self.vae, self.ema, self.text, BundleConfig(
@@ -505,9 +519,11 @@ class DiTTask:
             tokens, mask = self.text.encode(captions)
         if self.compile_shapes:  # static shapes: the text always as long as the encoder's longest
             tokens, mask = pad_text(tokens, mask, self.text.config.max_length)
-        route = {"route": self.route(x_t, gen)} if self.cfg.route else {}
+        route = self.route(x_t, step, gen)
         with self.autocast:
-            v_pred = net(x_t, t, tokens, mask, **route)
+            v_pred = net(x_t, t, tokens, mask, **({"route": route} if route else {}))
+        if route and self.cfg.route_loss == "kept":
+            loss_mask = loss_mask[:, None, :, None, None] & kept_positions(route, x_t.shape, self.model_cfg.patch)
         if self.cfg.pack:
             loss = packed_flow_loss(v_pred, v_target, loss_mask)
         else:
@@ -518,8 +534,11 @@ class DiTTask:
         return loop.StepResult(loss, loss.detach(), {"bucket": "+".join(buckets), "batch": batch,
                                                      "time": f"{time.time():.0f}"})
 
-    def route(self, x_t: torch.Tensor, gen: torch.Generator) -> Route:
-        """This step's token route (--route), drawn from the step's generator."""
+    def route(self, x_t: torch.Tensor, step: int, gen: torch.Generator) -> Route | None:
+        """This step's token route (--route), drawn from the step's generator; None when the step
+        does not route."""
+        if not self.cfg.route or step >= self.cfg.route_until * self.cfg.steps:
+            return None
         pt, ph, pw = self.model_cfg.patch
         B, _, T, h, w = x_t.shape
         return random_route(B, (T // pt, h // ph, w // pw), self.cfg.route, self.route_span, gen)
@@ -541,7 +560,7 @@ class DiTTask:
         global clip count."""
         targets = v_target if isinstance(v_target, list) else [v_target]
         masks = loss_mask if isinstance(loss_mask, list) else [loss_mask]
-        counts = torch.stack([m.sum() * v[0, :, 0].numel() for v, m in zip(targets, masks)]).sum().float()
+        counts = torch.stack([counted(v, m) for v, m in zip(targets, masks)]).sum().float()
         clips = torch.tensor(float(sum(m.shape[0] for m in masks)), device=counts.device)
         totals = torch.stack([counts, clips])
         torch.distributed.all_reduce(totals)
