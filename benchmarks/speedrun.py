@@ -117,7 +117,7 @@ def step_flops(cfg) -> int:
     return counter.get_total_flops()
 
 
-def train_config(name: str, budget: str, out: Path):
+def train_config(name: str, budget: str, out: Path, **run_settings):
     """The recipe's DiTTrainConfig with the steps its budget buys, and its mean FLOPs a step."""
     from videodit.dit import PRESETS
     from videodit.train.dit import DiTTrainConfig
@@ -126,7 +126,7 @@ def train_config(name: str, budget: str, out: Path):
         over["vae"] = str(global_vae(out / "vae-global"))
     if over.get("route_blocks") == "all":
         over["route_blocks"] = (0, PRESETS[over["preset"]].depth)
-    cfg = DiTTrainConfig(out=str(out), steps=1, **over)
+    cfg = DiTTrainConfig(out=str(out), steps=1, **over, **run_settings)
     flops = step_flops(cfg)
     if cfg.route and cfg.route_until < 1:  # routed steps first, then plain ones
         flops = cfg.route_until * flops + (1 - cfg.route_until) * step_flops(dataclasses.replace(cfg, route=0.0))
@@ -204,9 +204,12 @@ def run(args) -> None:
     root = Path(args.root)
     out = root / f"{args.budget}-{args.recipe}"
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(args.threads)
-    cfg, flops = train_config(args.recipe, args.budget, out)
-    cfg = dataclasses.replace(cfg, threads=args.threads, device=args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = dict(threads=args.threads, device=args.device)
+    if args.text_encoder:
+        settings["text_encoder"] = args.text_encoder
+    cfg, flops = train_config(args.recipe, args.budget, out, **settings)
     print(f"speedrun {args.recipe} ({args.budget}): {flops / 1e9:.1f} GFLOP a step, {cfg.steps} steps, "
           f"{cfg.steps * flops / 1e12:.1f} TFLOP", flush=True)
     share_cache(cfg, root)
@@ -238,7 +241,7 @@ def table(args) -> None:
     base_name, base_info, base_prompts, base = runs[0]
     if any(p != base_prompts for _, _, p, _ in runs[1:]):
         raise SystemExit("runs evaluated on different prompts: they compare only paired")
-    rows = [("steps", lambda i, _: f"{i['steps']}"), ("TFLOP", lambda i, _: f"{i['steps'] * i['step_flops'] / 1e12:.0f}"),
+    rows = [("steps", lambda i, _: f"{i['steps']}"), ("FLOPs", lambda i, _: f"{i['steps'] * i['step_flops']:.3g}"),
             ("val loss", lambda i, _: f"{i['val_loss']:.4f}"),
             ("SCORE in / held-out", lambda i, _: f"{i['score']['in_dist']:.3f} / {i['score']['heldout']:.3f}")]
     print("| | " + " | ".join(name for name, *_ in runs) + " |\n|---" * 1 + "|---" * len(runs) + "|")
@@ -273,8 +276,10 @@ def main() -> None:
     r.add_argument("recipe", help="a recipe name (`list` shows them)")
     r.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
     r.add_argument("--root", default="runs/speedrun", help="runs go to ROOT/BUDGET-RECIPE")
-    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--threads", type=int, default=2, help="CPU threads (0 = torch's default)")
     r.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda: trains and measures there")
+    r.add_argument("--text-encoder", default="", help="a local copy of the text encoder (a machine without the "
+                   "bundled one's package, e.g. scripts/text_encoder_copy.py's on a device machine)")
     r.add_argument("--prompts", type=int, default=200, help="eval prompts for the evaluator")
     t = sub.add_parser("table", help="paired table of finished runs against the first")
     t.add_argument("runs", nargs="+", help="run folders (ROOT/BUDGET-RECIPE)")
