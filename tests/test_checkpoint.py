@@ -1,7 +1,9 @@
 """Training checkpoints (videodit/train/checkpoint.py): round trip of states and RNGs, atomic
 saves, and one clear line for every bad checkpoint."""
 
+import os
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -56,6 +58,34 @@ def test_save_is_atomic(tmp_path, monkeypatch):
         _save(path, model)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "c.pt.sha256"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("crash_at", range(1, 5))
+def test_a_save_killed_at_any_step_leaves_a_checkpoint_that_verifies(tmp_path, monkeypatch, crash_at):
+    """Rotating checkpoint.pt to checkpoint.prev.pt takes several file operations; a process killed
+    between any two of them must leave read_latest a checkpoint to resume from (the one before the
+    save, or the new one)."""
+    from videodit.train import checkpoint
+    model = VideoVAE(TINY)
+    path = tmp_path / "c.pt"
+    for step in (1, 2):  # a newest and a previous checkpoint on disk
+        save_checkpoint(path, kind="vae", step=step, data_position=0, config={}, model=model)
+    calls, real_replace = [], os.replace
+
+    def replace_then_die(src, dst):
+        calls.append(dst)
+        if len(calls) == crash_at:
+            raise SystemExit("killed")  # before this operation happens
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", replace_then_die)
+    with pytest.raises(SystemExit):
+        save_checkpoint(path, kind="vae", step=3, data_position=0, config={}, model=model)
+    monkeypatch.setattr(checkpoint.os, "replace", real_replace)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        payload, used = checkpoint.read_latest(path, "vae")
+    assert payload["step"] in (2, 3)
 
 
 # -- bad checkpoints fail with one clear line ---------------------------------------------------

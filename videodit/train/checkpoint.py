@@ -127,9 +127,13 @@ def save_checkpoint(path: str | Path, *, kind: str, step: int, data_position: in
             os.fsync(f.fileno())
         line = f"{file_sha256(tmp)}  {path.name}\n".encode()  # hashed as it lies on disk
         if path.exists():  # keep the last two: the newest becomes the previous one
+            # Its checksum goes to the new name before the file does, so that a process killed at
+            # any point between these steps leaves one checkpoint that verifies: first the newest
+            # (untouched until it is renamed), then the renamed one (its checksum already there).
+            record = _checksum_path(path)
+            if record.exists():
+                _atomic_write(_checksum_path(previous_path(path)), lambda f: f.write(record.read_bytes()))
             os.replace(path, previous_path(path))
-            if _checksum_path(path).exists():
-                os.replace(_checksum_path(path), _checksum_path(previous_path(path)))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
