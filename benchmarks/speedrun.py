@@ -1,7 +1,7 @@
 """A fixed-budget training protocol for the DiT: which recipe learns more from the same compute.
 
-    PYTHONPATH=. python benchmarks/speedrun.py run baseline --budget cpu       # ~40 min on 2 cores
-    PYTHONPATH=. python benchmarks/speedrun.py run medium --budget cpu
+    PYTHONPATH=. python benchmarks/speedrun.py run baseline --budget cpu --threads 1 &   # ~1 hour, 1 core
+    PYTHONPATH=. python benchmarks/speedrun.py run medium --budget cpu --threads 1       # side by side
     PYTHONPATH=. python benchmarks/speedrun.py table runs/speedrun/cpu-baseline runs/speedrun/cpu-medium
     PYTHONPATH=. python benchmarks/speedrun.py list                             # the recipes
     PYTHONPATH=. python benchmarks/speedrun.py run baseline --budget quick      # a smoke test, ~1 min
@@ -30,7 +30,7 @@ is adopted only when its paired interval on SCORE (or on the metrics it targets)
 
 Budgets (FLOPs of the training steps alone; rendering, the VAE encode and the evaluation are not
 counted): quick 2e11 (tests; the tiny preset), cpu 3e14 (cpu-small: 2,187 steps, cpu-medium: 966;
-~30 min of training on 2 cores), gpu 8.7e15 (a quarter of the shipped DiT's 3.5e16: the issue's
+~50 minutes of training at one thread, two recipes side by side on the 2-core machine), gpu 8.7e15 (a quarter of the shipped DiT's 3.5e16: the issue's
 target is its scores from this budget; cpu-medium at batch 256, ~880 steps, a few minutes of one
 H100; ``--device cuda``).
 """

@@ -388,7 +388,8 @@ class DiTTask:
             self.plan = bucket_plan(cfg, self.vae.cfg.spatial_stride, self.model_cfg.patch)
         self.per_step = max(1, cfg.pack)
         depth = self.model_cfg.depth
-        self.route_span = tuple(cfg.route_blocks) or (min(2, depth - 1), max(min(2, depth - 1) + 1, depth - 2))
+        start = min(2, depth - 1)  # default span: blocks 2 .. depth-3, at least one block
+        self.route_span = tuple(cfg.route_blocks) or (start, max(start + 1, depth - 2))
         if cfg.route and not 0 <= self.route_span[0] < self.route_span[1] <= depth:
             raise VideoditError(f"--route-blocks {cfg.route_blocks}: need 0 <= START < END <= {depth} (the DiT's blocks)")
         self.check_layout()
@@ -521,8 +522,8 @@ class DiTTask:
             tokens, mask = pad_text(tokens, mask, self.text.config.max_length)
         route = self.route(x_t, step, gen)
         with self.autocast:
-            v_pred = net(x_t, t, tokens, mask, **({"route": route} if route else {}))
-        if route and self.cfg.route_loss == "kept":
+            v_pred = net(x_t, t, tokens, mask, **({"route": route} if route is not None else {}))
+        if route is not None and self.cfg.route_loss == "kept":
             loss_mask = loss_mask[:, None, :, None, None] & kept_positions(route, x_t.shape, self.model_cfg.patch)
         if self.cfg.pack:
             loss = packed_flow_loss(v_pred, v_target, loss_mask)
