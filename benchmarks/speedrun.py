@@ -134,18 +134,14 @@ def train_config(name: str, budget: str, out: Path, **run_settings):
     return dataclasses.replace(cfg, steps=steps, warmup_steps=steps // 20), flops
 
 
-def share_cache(cfg, root: Path) -> None:
-    """Recipes with the protocol's data settings share one latent cache: hard-link it into OUT
-    (the trainer checks its key and rebuilds it when a recipe's data differ)."""
+def link_cache(cfg, root: Path, keep: bool) -> None:
+    """Recipes with the protocol's data settings share one latent cache, hard-linked between
+    ROOT and OUT: into OUT before training, back to ROOT (``keep``) after it when ROOT had none
+    (the trainer checks the key and rebuilds the cache when a recipe's data differ)."""
     shared, mine = root / f"latents-{cfg.latent_cache}-b{cfg.batch_size}.pt", Path(cfg.out) / "latents-rank0.pt"
-    if shared.exists() and not mine.exists() and not cfg.vae:
-        os.link(shared, mine)
-
-
-def keep_cache(cfg, root: Path) -> None:
-    shared, mine = root / f"latents-{cfg.latent_cache}-b{cfg.batch_size}.pt", Path(cfg.out) / "latents-rank0.pt"
-    if mine.exists() and not shared.exists() and not cfg.vae:
-        os.link(mine, shared)
+    src, dst = (mine, shared) if keep else (shared, mine)
+    if src.exists() and not dst.exists() and not cfg.vae:
+        os.link(src, dst)
 
 
 def val_loss(pipe, cache: Path) -> float:
@@ -212,11 +208,11 @@ def run(args) -> None:
     cfg, flops = train_config(args.recipe, args.budget, out, **settings)
     print(f"speedrun {args.recipe} ({args.budget}): {flops / 1e9:.1f} GFLOP a step, {cfg.steps} steps, "
           f"{cfg.steps * flops / 1e12:.1f} TFLOP", flush=True)
-    share_cache(cfg, root)
+    link_cache(cfg, root, keep=False)
     t0 = time.time()
     train_dit(cfg)
     train_s = time.time() - t0
-    keep_cache(cfg, root)
+    link_cache(cfg, root, keep=True)
     t0 = time.time()
     device = str(pick_device(args.device))
     measured = evaluate_bundle(out / "bundle", args.prompts, out, device)
