@@ -6,7 +6,8 @@
     PYTHONPATH=. python benchmarks/speedrun.py list                             # the recipes
     PYTHONPATH=. python benchmarks/speedrun.py run baseline --budget quick      # a smoke test, ~1 min
 
-A run trains one recipe from scratch (seed 0, SynthWorld 64x64x17 training clips through the
+A run trains one recipe from scratch (seed 0, or ``--seed`` for a replicate: another init, data
+order, noise and cache of training clips; SynthWorld 64x64x17 training clips through the
 bundled VAE, batch 8) for a fixed number of FLOPs: the forward + backward FLOPs of one step are
 counted by torch.utils.flop_counter on the recipe's own model and step (so a recipe that computes
 less per step gets more steps), and ``--steps`` = budget / that. The learning-rate schedule is
@@ -70,6 +71,7 @@ RECIPES: dict[str, dict] = {
     # 10 % of the steps unmasked
     "masked": {"route": 0.5, "route_blocks": "all", "route_loss": "kept", "route_until": 0.9},
     "lr-1e-3": {"lr": 1e-3},
+    "min-snr": {"loss_weight": "min-snr"},  # Min-SNR-5 timestep weights on the velocity loss
     # plain text-to-video in 80 % of the clips instead of 55 %; every conditioning mode still trains
     "t2v-heavy": {"cond_mix": (0.8, 0.06, 0.02, 0.02, 0.05, 0.05)},
 }
@@ -117,11 +119,11 @@ def step_flops(cfg) -> int:
     return counter.get_total_flops()
 
 
-def train_config(name: str, budget: str, out: Path, **run_settings):
+def train_config(name: str, budget: str, out: Path, seed: int = 0, **run_settings):
     """The recipe's DiTTrainConfig with the steps its budget buys, and its mean FLOPs a step."""
     from videodit.dit import PRESETS
     from videodit.train.dit import DiTTrainConfig
-    over = recipe_overrides(name, budget)
+    over = {**recipe_overrides(name, budget), "seed": seed}
     if over.pop("latents", "channel") == "global":
         over["vae"] = str(global_vae(out / "vae-global"))
     if over.get("route_blocks") == "all":
@@ -138,7 +140,9 @@ def link_cache(cfg, root: Path, keep: bool) -> None:
     """Recipes with the protocol's data settings share one latent cache, hard-linked between
     ROOT and OUT: into OUT before training, back to ROOT (``keep``) after it when ROOT had none
     (the trainer checks the key and rebuilds the cache when a recipe's data differ)."""
-    shared, mine = root / f"latents-{cfg.latent_cache}-b{cfg.batch_size}.pt", Path(cfg.out) / "latents-rank0.pt"
+    seed = f"-s{cfg.seed}" if cfg.seed else ""
+    shared = root / f"latents-{cfg.latent_cache}-b{cfg.batch_size}{seed}.pt"
+    mine = Path(cfg.out) / "latents-rank0.pt"
     src, dst = (mine, shared) if keep else (shared, mine)
     if src.exists() and not dst.exists() and not cfg.vae:
         os.link(src, dst)
@@ -198,16 +202,16 @@ def run(args) -> None:
     from videodit.device import pick_device
     from videodit.train.dit import train_dit
     root = Path(args.root)
-    out = root / f"{args.budget}-{args.recipe}"
+    out = root / (f"{args.budget}-{args.recipe}" + (f"-s{args.seed}" if args.seed else ""))
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = dict(threads=args.threads, device=args.device)
     if args.text_encoder:
         settings["text_encoder"] = args.text_encoder
-    cfg, flops = train_config(args.recipe, args.budget, out, **settings)
-    print(f"speedrun {args.recipe} ({args.budget}): {flops / 1e9:.1f} GFLOP a step, {cfg.steps} steps, "
-          f"{cfg.steps * flops / 1e12:.1f} TFLOP", flush=True)
+    cfg, flops = train_config(args.recipe, args.budget, out, seed=args.seed, **settings)
+    print(f"speedrun {args.recipe} ({args.budget}, seed {args.seed}): {flops / 1e9:.1f} GFLOP a step, "
+          f"{cfg.steps} steps, {cfg.steps * flops / 1e12:.1f} TFLOP", flush=True)
     link_cache(cfg, root, keep=False)
     t0 = time.time()
     train_dit(cfg)
@@ -216,7 +220,7 @@ def run(args) -> None:
     t0 = time.time()
     device = str(pick_device(args.device))
     measured = evaluate_bundle(out / "bundle", args.prompts, out, device)
-    report = {"recipe": args.recipe, "overrides": {k: v for k, v in RECIPES[args.recipe].items()},
+    report = {"recipe": args.recipe, "seed": args.seed, "overrides": {k: v for k, v in RECIPES[args.recipe].items()},
               "budget": args.budget, "budget_flops": BUDGETS[args.budget], "step_flops": round(flops),
               "steps": cfg.steps, "prompts": args.prompts, "train_s_this_call": round(train_s, 1),
               "eval_s": round(time.time() - t0, 1), **measured}
@@ -271,7 +275,9 @@ def main() -> None:
     r = sub.add_parser("run", help="train one recipe for the budget, then measure it")
     r.add_argument("recipe", help="a recipe name (`list` shows them)")
     r.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
-    r.add_argument("--root", default="runs/speedrun", help="runs go to ROOT/BUDGET-RECIPE")
+    r.add_argument("--root", default="runs/speedrun", help="runs go to ROOT/BUDGET-RECIPE (-sSEED for seed > 0)")
+    r.add_argument("--seed", type=int, default=0, help="a replicate's seed: init, data order, noise and the "
+                   "training clips (the eval prompts and their noise stay fixed)")
     r.add_argument("--threads", type=int, default=2, help="CPU threads (0 = torch's default)")
     r.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda: trains and measures there")
     r.add_argument("--text-encoder", default="", help="a local copy of the text encoder (a machine without the "

@@ -60,6 +60,18 @@ def test_logit_normal():
     assert t.median().item() == pytest.approx(1 / (1 + math.exp(-1)), abs=0.02)
 
 
+def test_min_snr_weight():
+    """min(SNR, gamma) / (SNR + 1) with SNR = ((1 - t) / t)^2: 1/2 at t = 1/2 (SNR 1), gamma / (SNR + 1)
+    at low noise, 0 at pure noise and at clean frames; gamma must be positive."""
+    t = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0])
+    snr = ((1 - t[1:4]) / t[1:4]).square()
+    expected = torch.cat([torch.zeros(1), torch.minimum(snr, torch.tensor(5.0)) / (snr + 1), torch.zeros(1)])
+    torch.testing.assert_close(flow.min_snr_weight(t, 5.0), expected)
+    assert flow.min_snr_weight(torch.tensor([0.1]), 5.0).item() == pytest.approx(5 / 82)
+    with pytest.raises(VideoditError, match="gamma"):
+        flow.min_snr_weight(t, 0.0)
+
+
 # ----------------------------------------------------------------------------- solvers
 
 

@@ -3,6 +3,7 @@ trains, measures, and compares runs paired."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -37,3 +38,21 @@ def test_quick_budget_runs_two_recipes_and_pairs_them(tmp_path):
     assert (root / "quick-tread" / "latents-rank0.pt").stat().st_ino == (root / "quick-baseline" / "latents-rank0.pt").stat().st_ino
     table = speedrun("table", str(root / "quick-baseline"), str(root / "quick-tread"), cwd=tmp_path)
     assert "| val loss |" in table and "| mean |" in table and table.count("[") >= 12
+
+
+def test_a_seed_replicate_trains_the_same_budget_on_its_own_cache(tmp_path):
+    """--seed N: the same recipe and steps under another seed, and a latent cache of its own (seed 0's
+    clips are not seed N's)."""
+    spec = importlib.util.spec_from_file_location("speedrun", SCRIPT)
+    speedrun_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speedrun_module)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    cfg0, flops0 = speedrun_module.train_config("baseline", "quick", tmp_path / "a")
+    cfg1, flops1 = speedrun_module.train_config("baseline", "quick", tmp_path / "b", seed=1)
+    assert (cfg0.seed, cfg1.seed) == (0, 1) and flops0 == flops1 and cfg0.steps == cfg1.steps
+    (tmp_path / "latents-16-b4.pt").write_bytes(b"seed 0")
+    speedrun_module.link_cache(cfg1, tmp_path, keep=False)
+    assert not (tmp_path / "b" / "latents-rank0.pt").exists()
+    (tmp_path / "b" / "latents-rank0.pt").write_bytes(b"seed 1")
+    speedrun_module.link_cache(cfg1, tmp_path, keep=True)
+    assert (tmp_path / "latents-16-b4-s1.pt").read_bytes() == b"seed 1"

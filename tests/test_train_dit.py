@@ -10,7 +10,8 @@ import torch
 
 from conftest import dit_train_cfg
 from videodit.errors import VideoditError
-from videodit.train.dit import COND_MODES, conditioning_masks, train_dit
+from videodit import flow
+from videodit.train.dit import COND_MODES, conditioning_masks, min_snr_scaled, packed_flow_loss, train_dit
 from videodit.vae import PRESETS, VideoVAE
 
 
@@ -306,3 +307,38 @@ def test_token_masked_training_counts_only_kept_tokens_and_resumes_exactly(tmp_p
     train_dit(dit_train_cfg(tmp_path / "c", tiny_vae, **{**masked, "route_loss": "all"}))
     first_loss = [(tmp_path / r / "run" / "log.csv").read_text().splitlines()[1].split(",")[1] for r in ("a", "c")]
     assert first_loss[0] != first_loss[1]
+
+
+def test_min_snr_scaling_makes_every_flow_loss_the_weighted_mean():
+    """Prediction and target scaled by sqrt(w(t)) per frame: the masked loss, and the packed loss over
+    two batches, become the min-SNR-weighted mean of the squared error over the counted elements."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(2, 3, 4, 5, 6), (1, 3, 2, 4, 4)]
+    v, target = ([torch.randn(s, generator=g) for s in shapes] for _ in range(2))
+    t = [torch.rand(s[0], s[2], generator=g) for s in shapes]
+    masks = [torch.rand(s[0], s[2], generator=g) < 0.7 for s in shapes]
+    masks[0][0, 0] = True
+    errs, counts = [], []
+    for vi, ti, mi, ti_ in zip(v, target, masks, t):
+        w = flow.min_snr_weight(ti_, 3.0)[:, None, :, None, None]
+        sel = mi[:, None, :, None, None].expand_as(vi)
+        errs.append(((vi - ti).square() * w)[sel].sum())
+        counts.append(sel.sum())
+    scaled_v, scaled_target = min_snr_scaled(v, t, 3.0), min_snr_scaled(target, t, 3.0)
+    torch.testing.assert_close(flow.flow_loss(scaled_v[0], scaled_target[0], masks[0]), errs[0] / counts[0])
+    torch.testing.assert_close(packed_flow_loss(scaled_v, scaled_target, masks), sum(errs) / sum(counts))
+
+
+def test_min_snr_loss_weight_trains_resumes_exactly_and_changes_the_loss(tmp_path, tiny_vae):
+    """--loss-weight min-snr: a resumed run is the uninterrupted one; on the same draws its first
+    logged loss differs from the unweighted run's."""
+    from safetensors.torch import load_file
+    weighted = dict(loss_weight="min-snr", snr_gamma=5.0)
+    straight = train_dit(dit_train_cfg(tmp_path / "a", tiny_vae, **weighted))
+    train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, steps=2, **weighted))
+    resumed = train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, **weighted))
+    a, b = (load_file(p / "dit" / "model.safetensors") for p in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    train_dit(dit_train_cfg(tmp_path / "c", tiny_vae))
+    first_loss = [float((tmp_path / r / "run" / "log.csv").read_text().splitlines()[1].split(",")[1]) for r in "ac"]
+    assert first_loss[0] < first_loss[1]  # every weight is below 1

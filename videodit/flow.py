@@ -47,6 +47,19 @@ def flow_loss(v_pred: torch.Tensor, v_target: torch.Tensor, frame_mask: torch.Te
     return (err * w).sum() / w.sum().clamp_min(1)
 
 
+def min_snr_weight(t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
+    Weighting Strategy", their v-prediction form min(SNR, gamma) / (SNR + 1)) for the velocity loss
+    at timesteps t, with the straight path's SNR = ((1 - t) / t)^2. As an x0 loss this weighs each
+    t by min(SNR, gamma): low-noise steps are capped at gamma, and the weight falls to 0 at pure
+    noise. Times 0 (clean conditioning frames, not in the loss) get weight 0."""
+    if gamma <= 0:
+        raise VideoditError(f"min-SNR gamma {gamma}: must be > 0")
+    t = t.float()
+    signal, noise = (1 - t).square(), t.square()  # SNR = signal / noise
+    return torch.minimum(signal, gamma * noise) / (signal + noise)
+
+
 def logit_normal(shape, mean: float = 0.0, std: float = 1.0, *, generator: torch.Generator | None = None,
                  device=None) -> torch.Tensor:
     """Training timesteps t = sigmoid(mean + std * n), n ~ N(0, 1): concentrates training on the

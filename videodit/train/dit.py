@@ -98,6 +98,12 @@ class DiTTrainConfig:
     t_mean: float = field(default=0.0, metadata={"help": "logit-normal timestep mean", "group": "optimisation"})
     t_std: float = field(default=1.0, metadata={
         "help": "logit-normal timestep std", "min": 0, "min_exclusive": True, "group": "optimisation"})
+    loss_weight: str = field(default="none", metadata={
+        "help": "timestep weighting of the velocity loss on top of the logit-normal timesteps: 'none', or "
+                "'min-snr' (Min-SNR-gamma, Hang et al. 2023: x0-loss weight min(SNR, --snr-gamma))",
+        "choices": ("none", "min-snr"), "group": "optimisation"})
+    snr_gamma: float = field(default=5.0, metadata={
+        "help": "gamma of --loss-weight min-snr", "min": 0, "min_exclusive": True, "group": "optimisation"})
     route: float = field(default=0.0, metadata={
         "help": "token routing (TREAD, Krause et al. 2025): this fraction of each frame's tokens, drawn at random "
                 "every step, skips the blocks of --route-blocks and rejoins unchanged after them; the loss still "
@@ -308,6 +314,16 @@ def counted(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """How many elements of v (B, c, T, h, w) flow_loss counts under ``mask``: (B, T) frames or
     (B, 1, T, h, w) latent positions."""
     return mask.sum() * (v[0, :, 0].numel() if mask.dim() == 2 else v.shape[1])
+
+
+def min_snr_scaled(v, t, gamma: float):
+    """v (B, c, T, h, w) times sqrt(w(t)) per frame, w = flow.min_snr_weight (lists of v and t with
+    --pack): applied to prediction and target, it turns every form of the flow loss (its masks,
+    packing, the global mean over ranks) into the w-weighted mean squared error."""
+    if isinstance(v, list):
+        return [min_snr_scaled(vi, ti, gamma) for vi, ti in zip(v, t)]
+    w = flow.min_snr_weight(t, gamma).sqrt()  # (B, T)
+    return v * w[:, None, :, None, None].to(v.dtype)
 
 
 def packed_flow_loss(v_preds, v_targets, masks) -> torch.Tensor:
@@ -525,6 +541,8 @@ class DiTTask:
             v_pred = net(x_t, t, tokens, mask, **({"route": route} if route is not None else {}))
         if route is not None and self.cfg.route_loss == "kept":
             loss_mask = loss_mask[:, None, :, None, None] & kept_positions(route, x_t.shape, self.model_cfg.patch)
+        if self.cfg.loss_weight == "min-snr":
+            v_pred, v_target = (min_snr_scaled(v, t, self.cfg.snr_gamma) for v in (v_pred, v_target))
         if self.cfg.pack:
             loss = packed_flow_loss(v_pred, v_target, loss_mask)
         else:
