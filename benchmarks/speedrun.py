@@ -58,8 +58,10 @@ BUDGETS = {"quick": 2e11, "cpu": 3e14, "gpu": 8.7e15}
 EVAL_STEPS, EVAL_GUIDANCE, EVAL_INTERVAL, EVAL_BATCH = 16, 4.0, (0.2, 0.85), 25
 VAL_CLIPS, VAL_FIRST, VAL_TIMES = 128, 1000, 8
 # The protocol's fixed settings; a recipe overrides any of them (and any DiTTrainConfig field).
+# Token routing is off in the protocol, whatever videodit train's default: the "tread" recipe adds it.
 PROTOCOL = dict(preset="cpu-small", batch_size=8, sizes=("64x64",), frames=(17,), seed=0, sample_every=0,
-                sample_guidance_interval=EVAL_INTERVAL, latent_cache=8000, log_every=25, save_minutes=5.0)
+                sample_guidance_interval=EVAL_INTERVAL, latent_cache=8000, log_every=25, save_minutes=5.0,
+                route=0.0)
 # Recipes: DiTTrainConfig overrides, plus "latents": "global" (the bundled VAE's one latent shift
 # and scale for all channels instead of its per-channel statistics).
 RECIPES: dict[str, dict] = {
@@ -261,6 +263,35 @@ def table(args) -> None:
         print(f"| {m} | " + " | ".join(cells) + " |")
 
 
+def pooled(args) -> None:
+    """A recipe against its baseline over several seeds: per seed, the val losses and each metric's
+    paired difference; pooled, the difference over every (seed, prompt) pair; bootstrap 95 % intervals."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from eval_sizes import METRICS, interval, outcomes
+    pairs = [pair.split(",") for pair in args.pairs]
+    if any(len(pair) != 2 for pair in pairs):
+        raise SystemExit("give each pair as BASELINE_RUN,RECIPE_RUN (two run folders joined by a comma)")
+    deltas: dict[str, list[np.ndarray]] = {m: [] for m in METRICS + ("mean",)}
+    names, losses = [], []
+    for base_dir, run_dir in map(lambda pair: map(Path, pair), pairs):
+        (base_prompts, base), (prompts, tab) = outcomes(base_dir / "eval.json"), outcomes(run_dir / "eval.json")
+        if prompts != base_prompts:
+            raise SystemExit(f"{run_dir} and {base_dir}: evaluated on different prompts: they compare only paired")
+        for m in deltas:
+            deltas[m].append(metric_values(tab, m) - metric_values(base, m))
+        names.append(f"{run_dir.name} - {base_dir.name}")
+        losses.append(" vs ".join(f"{json.loads((d / 'speedrun.json').read_text())['val_loss']:.4f}"
+                                  for d in (run_dir, base_dir)))
+
+    def cell(v: np.ndarray) -> str:
+        lo, hi = interval(v, np.random.default_rng(0))
+        return f"{np.nanmean(v):+.3f} [{lo:+.2f}, {hi:+.2f}]"
+    print("| | " + " | ".join(names) + " | pooled |\n|---" + "|---" * (len(names) + 1) + "|")
+    print("| val loss | " + " | ".join(losses) + " | |")
+    for m, per_seed in deltas.items():
+        print(f"| {m} | " + " | ".join(map(cell, per_seed)) + f" | {cell(np.concatenate(per_seed))} |")
+
+
 def metric_values(tab: dict, m: str) -> np.ndarray:
     """Per prompt: the outcome of metric ``m`` (NaN where not asked), or with "mean" the mean of
     the outcomes the prompt has (a per-prompt score, so that differences pair by prompt)."""
@@ -285,12 +316,17 @@ def main() -> None:
     r.add_argument("--prompts", type=int, default=200, help="eval prompts for the evaluator")
     t = sub.add_parser("table", help="paired table of finished runs against the first")
     t.add_argument("runs", nargs="+", help="run folders (ROOT/BUDGET-RECIPE)")
+    po = sub.add_parser("pooled", help="a recipe's paired differences from its baseline over several seeds, pooled")
+    po.add_argument("pairs", nargs="+", help="BASELINE_RUN,RECIPE_RUN per seed, e.g. "
+                    "runs/speedrun/cpu-baseline,runs/speedrun/cpu-tread runs/speedrun/cpu-baseline-s1,runs/speedrun/cpu-tread-s1")
     sub.add_parser("list", help="the recipes and what each changes")
     args = ap.parse_args()
     if args.cmd == "run":
         run(args)
     elif args.cmd == "table":
         table(args)
+    elif args.cmd == "pooled":
+        pooled(args)
     else:
         for name, over in RECIPES.items():
             print(f"{name:16s} {over or 'videodit train defaults under the protocol'}")

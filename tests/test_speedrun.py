@@ -38,6 +38,13 @@ def test_quick_budget_runs_two_recipes_and_pairs_them(tmp_path):
     assert (root / "quick-tread" / "latents-rank0.pt").stat().st_ino == (root / "quick-baseline" / "latents-rank0.pt").stat().st_ino
     table = speedrun("table", str(root / "quick-baseline"), str(root / "quick-tread"), cwd=tmp_path)
     assert "| val loss |" in table and "| mean |" in table and table.count("[") >= 12
+    # The same pair twice as two "seeds": each seed's difference and the pooled one agree.
+    pair = f"{root / 'quick-baseline'},{root / 'quick-tread'}"
+    rows = {line.split(" | ")[0]: line.split(" | ")[1:] for line in
+            speedrun("pooled", pair, pair, cwd=tmp_path).splitlines()}
+    mean = rows["| mean"]
+    assert mean[0] == mean[1] and mean[0].split()[0] == mean[2].split()[0]
+    assert rows["| val loss"][0] == f"{tread['val_loss']:.4f} vs {base['val_loss']:.4f}"
 
 
 def test_a_seed_replicate_trains_the_same_budget_on_its_own_cache(tmp_path):
