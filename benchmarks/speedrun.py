@@ -3,6 +3,9 @@
     PYTHONPATH=. python benchmarks/speedrun.py run baseline --budget cpu --threads 1 &   # ~1 hour, 1 core
     PYTHONPATH=. python benchmarks/speedrun.py run medium --budget cpu --threads 1       # side by side
     PYTHONPATH=. python benchmarks/speedrun.py table runs/speedrun/cpu-baseline runs/speedrun/cpu-medium
+    PYTHONPATH=. python benchmarks/speedrun.py run tread --budget cpu --threads 1 --seed 1   # a replicate
+    PYTHONPATH=. python benchmarks/speedrun.py pooled runs/speedrun/cpu-baseline,runs/speedrun/cpu-tread \
+        runs/speedrun/cpu-baseline-s1,runs/speedrun/cpu-tread-s1                # per seed and pooled
     PYTHONPATH=. python benchmarks/speedrun.py list                             # the recipes
     PYTHONPATH=. python benchmarks/speedrun.py run baseline --budget quick      # a smoke test, ~1 min
 
@@ -28,6 +31,8 @@ OUT/speedrun.json holds the recipe, the budget, the FLOPs, both measures and the
 after the first, its paired difference from the first (1000 resamples of the prompts), the val
 loss, and the SCORE (mean of the metrics' accuracies, in-distribution / held-out). A recipe change
 is adopted only when its paired interval on SCORE (or on the metrics it targets) lies above zero.
+``pooled`` prints a recipe's paired differences from its baseline for each seed and pooled over
+every (seed, prompt) pair: the check that a win is not one seed's luck.
 
 Budgets (FLOPs of the training steps alone; rendering, the VAE encode and the evaluation are not
 counted): quick 2e11 (tests; the tiny preset), cpu 3e14 (cpu-small: 2,187 steps, cpu-medium: 966;
