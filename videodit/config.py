@@ -123,7 +123,7 @@ def _field_type(kind: Any, meta: Mapping[str, Any]) -> Callable[[str], Any]:
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """Add one ``--field-name`` flag per dataclass field, in the --help section its "group"
-    metadata names (the accepted range and the default are shown in --help)."""
+    metadata names (the accepted range and the default, unless None, are shown in --help)."""
     hints = typing.get_type_hints(cls)
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(cls):
@@ -136,9 +136,11 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[s
         tp = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        notes = [note for note in (describe_range(f.metadata), f"default: {default!r}") if note]
+        # A None default means "decided at run time": the field's help says how.
+        shown = f"default: {default!r}" if default is not None else ""
+        notes = [note for note in (describe_range(f.metadata), shown) if note]
         help_text = f.metadata.get("help", "")
-        help_text = f"{help_text} ({'; '.join(notes)})" if help_text else "; ".join(notes)
+        help_text = f"{help_text} ({'; '.join(notes)})" if help_text and notes else help_text or "; ".join(notes)
         if tp is bool:
             group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(tp) is tuple:
