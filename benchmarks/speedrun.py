@@ -73,9 +73,10 @@ RECIPES: dict[str, dict] = {
     "baseline": {},
     "medium": {"preset": "cpu-medium"},
     "global-latents": {"latents": "global"},
-    "tread": {"route": 0.5},  # half of each frame's tokens skip blocks 2 .. depth-3 (videodit train --route)
+    # TREAD: half of each frame's tokens skip blocks 2 .. depth-3, the loss on every token
+    "tread": {"route": 0.5, "route_blocks": "middle", "route_loss": "all", "route_until": 1.0},
     # MaskDiT-style: half of each frame's tokens dropped from every block and from the loss, the last
-    # 10 % of the steps unmasked
+    # 10 % of the steps unmasked (videodit train's default for DiTs of 6 or more blocks)
     "masked": {"route": 0.5, "route_blocks": "all", "route_loss": "kept", "route_until": 0.9},
     "lr-1e-3": {"lr": 1e-3},
     "min-snr": {"loss_weight": "min-snr"},  # Min-SNR-5 timestep weights on the velocity loss
@@ -133,8 +134,10 @@ def train_config(name: str, budget: str, out: Path, seed: int = 0, **run_setting
     over = {**recipe_overrides(name, budget), "seed": seed}
     if over.pop("latents", "channel") == "global":
         over["vae"] = str(global_vae(out / "vae-global"))
-    if over.get("route_blocks") == "all":
-        over["route_blocks"] = (0, PRESETS[over["preset"]].depth)
+    depth = PRESETS[over["preset"]].depth
+    start = min(2, depth - 1)
+    spans = {"all": (0, depth), "middle": (start, max(start + 1, depth - 2))}  # middle: 2 .. depth-3
+    over["route_blocks"] = spans.get(over.get("route_blocks"), over.get("route_blocks", ()))
     cfg = DiTTrainConfig(out=str(out), steps=1, **over, **run_settings)
     flops = step_flops(cfg)
     if cfg.route and cfg.route_until < 1:  # routed steps first, then plain ones
@@ -334,7 +337,7 @@ def main() -> None:
         pooled(args)
     else:
         for name, over in RECIPES.items():
-            print(f"{name:16s} {over or 'videodit train defaults under the protocol'}")
+            print(f"{name:16s} {over or 'the protocol alone: videodit train without token routing'}")
 
 
 if __name__ == "__main__":

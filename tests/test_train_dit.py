@@ -11,7 +11,8 @@ import torch
 from conftest import dit_train_cfg
 from videodit.errors import VideoditError
 from videodit import flow
-from videodit.train.dit import COND_MODES, conditioning_masks, min_snr_scaled, packed_flow_loss, train_dit
+from videodit.train.dit import (COND_MODES, DiTTrainConfig, conditioning_masks, min_snr_scaled, packed_flow_loss,
+                                route_plan, train_dit)
 from videodit.vae import PRESETS, VideoVAE
 
 
@@ -273,32 +274,35 @@ def test_data_trains_on_a_prepared_cache_and_refuses_another_vae(tmp_path, tiny_
 
 
 def test_token_routing_trains_resumes_exactly_and_is_checked(tmp_path, tiny_vae):
-    """--route: each step's route is drawn from the step's generator, so a resumed run gives the
+    """--route with TREAD's settings: each step's route is drawn from the step's generator, so a resumed run gives the
     uninterrupted run's weights; training with it moves the weights elsewhere than without."""
     from safetensors.torch import load_file
 
-    straight = train_dit(dit_train_cfg(tmp_path / "a", tiny_vae, route=0.5))
-    train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, route=0.5, steps=2))
-    resumed = train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, route=0.5))
+    tread = dict(route=0.5, route_blocks=(1, 2), route_loss="all", route_until=1.0)
+    straight = train_dit(dit_train_cfg(tmp_path / "a", tiny_vae, **tread))
+    train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, **tread, steps=2))
+    resumed = train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, **tread))
     plain = train_dit(dit_train_cfg(tmp_path / "c", tiny_vae))
     a, b, c = (load_file(p / "dit" / "model.safetensors") for p in (straight, resumed, plain))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
     # --route-until 0: no step routes, so no route is drawn: exactly the plain run.
-    never = load_file(train_dit(dit_train_cfg(tmp_path / "e", tiny_vae, route=0.5, route_until=0.0)) / "dit" /
+    never = load_file(train_dit(dit_train_cfg(tmp_path / "e", tiny_vae, **{**tread, "route_until": 0.0})) / "dit" /
                       "model.safetensors")
     assert all(torch.equal(never[k], c[k]) for k in c)
     for bad, match in (({"route_blocks": (1,)}, "START END"), ({"route_blocks": (1, 3)}, "0 <= START < END <= 2"),
                        ({"pack": 2}, "--pack")):
         with pytest.raises(VideoditError, match=match):
-            train_dit(dit_train_cfg(tmp_path / "d", tiny_vae, route=0.5, **bad))
+            train_dit(dit_train_cfg(tmp_path / "d", tiny_vae, **{**tread, **bad}))
 
 
-def test_token_masked_training_counts_only_kept_tokens_and_resumes_exactly(tmp_path, tiny_vae):
+def test_token_masked_training_counts_only_kept_tokens_and_resumes_exactly(tmp_path, tiny_vae, capsys):
     """--route-loss kept --route-blocks 0 DEPTH: masked training; a resumed run is the uninterrupted
     one, and its loss differs from TREAD's (all tokens counted) on the same draws."""
     masked = dict(route=0.5, route_blocks=(0, 2), route_loss="kept", route_until=0.5)
     straight = train_dit(dit_train_cfg(tmp_path / "a", tiny_vae, **masked))
+    assert "0.5 of each frame's tokens skip blocks 0 .. 1 and the loss in the first 50% of the steps" in \
+        capsys.readouterr().out
     train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, steps=3, **masked))
     resumed = train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, **masked))
     from safetensors.torch import load_file
@@ -342,3 +346,19 @@ def test_min_snr_loss_weight_trains_resumes_exactly_and_changes_the_loss(tmp_pat
     train_dit(dit_train_cfg(tmp_path / "c", tiny_vae))
     first_loss = [float((tmp_path / r / "run" / "log.csv").read_text().splitlines()[1].split(",")[1]) for r in "ac"]
     assert first_loss[0] < first_loss[1]  # every weight is below 1
+
+
+def test_routing_is_on_by_default_where_it_applies():
+    """--route unset: half of each frame's tokens masked from every block of a DiT of 6 or more blocks
+    trained whole on one process; off for shallower DiTs, --pack, --sp and --lora; --route 0 turns it
+    off and an explicit share and span win."""
+    cfg = DiTTrainConfig()
+    assert (cfg.route_loss, cfg.route_until) == ("kept", 0.9)
+    assert route_plan(cfg, 8) == (0.5, (0, 8)) and route_plan(cfg, 12) == (0.5, (0, 12))
+    for off in ({}, {"pack": 2}, {"sp": 2}, {"lora": 4, "init": "bundled"}):
+        depth = 2 if not off else 8
+        assert route_plan(DiTTrainConfig(**off), depth)[0] == 0.0
+    assert route_plan(DiTTrainConfig(route=0.0), 8)[0] == 0.0
+    assert route_plan(DiTTrainConfig(route=0.25, route_blocks=(2, 6)), 8) == (0.25, (2, 6))
+    with pytest.raises(VideoditError, match="START < END <= 8"):
+        route_plan(DiTTrainConfig(route=0.5, route_blocks=(4, 9)), 8)

@@ -104,19 +104,22 @@ class DiTTrainConfig:
         "choices": ("none", "min-snr"), "group": "optimisation"})
     snr_gamma: float = field(default=5.0, metadata={
         "help": "gamma of --loss-weight min-snr", "min": 0, "min_exclusive": True, "group": "optimisation"})
-    route: float = field(default=0.0, metadata={
-        "help": "token routing (TREAD, Krause et al. 2025): this fraction of each frame's tokens, drawn at random "
-                "every step, skips the blocks of --route-blocks and rejoins unchanged after them; the loss still "
-                "covers every token and sampling never routes (0 = off)",
+    route: float | None = field(default=None, metadata={
+        "help": "token routing: this fraction of each frame's tokens, drawn at random every step, skips the blocks "
+                "of --route-blocks and rejoins unchanged after them; sampling never routes. Unset: 0.5 for a DiT "
+                "of 6 or more blocks trained without --pack, --sp or --lora, else 0 (0 = off). With the defaults "
+                "of the route flags this is token-masked training (MaskDiT, Zheng et al. 2023: the routed tokens "
+                "meet no block and no loss), the winner of benchmarks/speedrun.py; TREAD (Krause et al. 2025) is "
+                "--route-blocks 2 DEPTH-2 --route-loss all --route-until 1",
         "min": 0, "max": 1, "max_exclusive": True, "group": "optimisation"})
     route_blocks: tuple[int, ...] = field(default=(), metadata={
-        "help": "START END: the blocks START .. END-1 that --route skips (default: from block 2 to the "
-                "last two blocks, 2 .. depth-3)", "min": 0, "group": "optimisation"})
-    route_loss: str = field(default="all", metadata={
-        "help": "with --route: 'all' (TREAD) counts every token in the loss; 'kept' only the tokens that went "
-                "through the routed blocks, which with --route-blocks 0 DEPTH is token-masked training "
-                "(MaskDiT-style, without its decoder)", "choices": ("all", "kept"), "group": "optimisation"})
-    route_until: float = field(default=1.0, metadata={
+        "help": "START END: the blocks START .. END-1 that --route skips (default: every block, 0 .. depth-1)",
+        "min": 0, "group": "optimisation"})
+    route_loss: str = field(default="kept", metadata={
+        "help": "with --route: 'kept' counts only the tokens that went through the routed blocks in the loss "
+                "(token masking); 'all' counts every token (TREAD)", "choices": ("all", "kept"),
+        "group": "optimisation"})
+    route_until: float = field(default=0.9, metadata={
         "help": "with --route: route in this fraction of the steps, then train every token through every block "
                 "(MaskDiT's unmasked tuning at the end)", "min": 0, "max": 1, "group": "optimisation"})
     sizes: tuple[str, ...] = field(default=("64x64",), metadata={
@@ -316,6 +319,25 @@ def counted(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return mask.sum() * (v[0, :, 0].numel() if mask.dim() == 2 else v.shape[1])
 
 
+AUTO_ROUTE, AUTO_ROUTE_DEPTH = 0.5, 6  # --route's default, and the fewest blocks it applies to
+
+
+def route_plan(cfg: DiTTrainConfig, depth: int) -> tuple[float, tuple[int, int]]:
+    """--route's share of tokens and the blocks START, END they skip, for a DiT of ``depth`` blocks.
+    Unset, --route is AUTO_ROUTE (it won the fixed-budget speedrun, benchmarks/RESULTS.md) where it
+    applies: a DiT of the size it was measured at (tiny test DiTs train plain), clips whole on one
+    process (no --pack, --sp) and full training (no --lora). Blocks: --route-blocks, or all."""
+    if cfg.route is not None:
+        share = cfg.route
+    else:
+        applies = depth >= AUTO_ROUTE_DEPTH and not (cfg.pack or cfg.sp > 1 or cfg.lora)
+        share = AUTO_ROUTE if applies else 0.0
+    span = tuple(cfg.route_blocks) or (0, depth)
+    if share and not 0 <= span[0] < span[1] <= depth:
+        raise VideoditError(f"--route-blocks {cfg.route_blocks}: need 0 <= START < END <= {depth} (the DiT's blocks)")
+    return share, span
+
+
 def min_snr_scaled(v, t, gamma: float):
     """v (B, c, T, h, w) times sqrt(w(t)) per frame, w = flow.min_snr_weight (lists of v and t with
     --pack): applied to prediction and target, it turns every form of the flow loss (its masks,
@@ -403,14 +425,11 @@ class DiTTask:
         else:
             self.plan = bucket_plan(cfg, self.vae.cfg.spatial_stride, self.model_cfg.patch)
         self.per_step = max(1, cfg.pack)
-        depth = self.model_cfg.depth
-        start = min(2, depth - 1)  # default span: blocks 2 .. depth-3, at least one block
-        self.route_span = tuple(cfg.route_blocks) or (start, max(start + 1, depth - 2))
-        if cfg.route and not 0 <= self.route_span[0] < self.route_span[1] <= depth:
-            raise VideoditError(f"--route-blocks {cfg.route_blocks}: need 0 <= START < END <= {depth} (the DiT's blocks)")
+        self.route_share, self.route_span = route_plan(cfg, self.model_cfg.depth)
         self.check_layout()
         if (device.type == "cuda" if cfg.compile is None else cfg.compile) and not cfg.pack:
-            self.compile_shapes = len(self.plan) * (2 if cfg.route and cfg.route_until < 1 else 1)  # routed, plain
+            routed_and_plain = self.route_share and cfg.route_until < 1
+            self.compile_shapes = len(self.plan) * (2 if routed_and_plain else 1)
         sampler = SamplerConfig(guidance=cfg.sample_guidance, guidance_interval=cfg.sample_guidance_interval)
         width, height, frames = max(self.plan, key=lambda k: self.plan[k].odds)  # the commonest bucket
         self.pipe = Pipeline(self.vae, self.ema, self.text, BundleConfig(
@@ -422,6 +441,11 @@ class DiTTask:
             if cfg.square_crop:
                 print("--square-crop: every clip is cut to its centre square before encoding "
                       "(token counts above are the crops')")
+            if self.route_share:
+                loss = " and the loss" if cfg.route_loss == "kept" else ""
+                print(f"token routing: {self.route_share:g} of each frame's tokens skip blocks {self.route_span[0]} "
+                      f".. {self.route_span[1] - 1}{loss} in the first {cfg.route_until:.0%} of the steps "
+                      "(--route 0 trains every token)")
 
     def make_model(self) -> DiT:
         """The DiT to train, on the CPU; sets ``model_cfg`` (its config) and ``lora_cfg`` (None for
@@ -556,11 +580,11 @@ class DiTTask:
     def route(self, x_t: torch.Tensor, step: int, gen: torch.Generator) -> Route | None:
         """This step's token route (--route), drawn from the step's generator; None when the step
         does not route."""
-        if not self.cfg.route or step >= self.cfg.route_until * self.cfg.steps:
+        if not self.route_share or step >= self.cfg.route_until * self.cfg.steps:
             return None
         pt, ph, pw = self.model_cfg.patch
         B, _, T, h, w = x_t.shape
-        return random_route(B, (T // pt, h // ph, w // pw), self.cfg.route, self.route_span, gen)
+        return random_route(B, (T // pt, h // ph, w // pw), self.route_share, self.route_span, gen)
 
     def rows(self, local: int) -> tuple[int, int] | None:
         """(first row, global batch size) of this rank's ``local`` clips (None for one process).
