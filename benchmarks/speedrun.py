@@ -230,7 +230,7 @@ def run(args) -> None:
     t0 = time.time()
     device = str(pick_device(args.device))
     measured = evaluate_bundle(out / "bundle", args.prompts, out, device)
-    report = {"recipe": args.recipe, "seed": args.seed, "overrides": {k: v for k, v in RECIPES[args.recipe].items()},
+    report = {"recipe": args.recipe, "seed": args.seed, "overrides": dict(RECIPES[args.recipe]),
               "budget": args.budget, "budget_flops": BUDGETS[args.budget], "step_flops": round(flops),
               "steps": cfg.steps, "prompts": args.prompts, "train_s_this_call": round(train_s, 1),
               "eval_s": round(time.time() - t0, 1), **measured}
@@ -325,8 +325,8 @@ def main() -> None:
     t = sub.add_parser("table", help="paired table of finished runs against the first")
     t.add_argument("runs", nargs="+", help="run folders (ROOT/BUDGET-RECIPE)")
     po = sub.add_parser("pooled", help="a recipe's paired differences from its baseline over several seeds, pooled")
-    po.add_argument("pairs", nargs="+", help="BASELINE_RUN,RECIPE_RUN per seed, e.g. "
-                    "runs/speedrun/cpu-baseline,runs/speedrun/cpu-tread runs/speedrun/cpu-baseline-s1,runs/speedrun/cpu-tread-s1")
+    po.add_argument("pairs", nargs="+", help="BASELINE_RUN,RECIPE_RUN per seed, e.g. runs/speedrun/cpu-baseline,"
+                    "runs/speedrun/cpu-tread runs/speedrun/cpu-baseline-s1,runs/speedrun/cpu-tread-s1")
     sub.add_parser("list", help="the recipes and what each changes")
     args = ap.parse_args()
     if args.cmd == "run":
