@@ -6,6 +6,7 @@
     PYTHONPATH=. python benchmarks/speedrun.py run tread --budget cpu --threads 1 --seed 1   # a replicate
     PYTHONPATH=. python benchmarks/speedrun.py pooled runs/speedrun/cpu-baseline,runs/speedrun/cpu-tread \
         runs/speedrun/cpu-baseline-s1,runs/speedrun/cpu-tread-s1                # per seed and pooled
+    PYTHONPATH=. python benchmarks/speedrun.py measure bundled --flops 3.5e16 --steps 3496   # the shipped
     PYTHONPATH=. python benchmarks/speedrun.py list                             # the recipes
     PYTHONPATH=. python benchmarks/speedrun.py run baseline --budget quick      # a smoke test, ~1 min
 
@@ -90,6 +91,7 @@ RECIPES |= {"masked-lr-1e-3": {**MASKED, "lr": 1e-3},
             "masked-75": {**MASKED, "route": 0.75},  # three quarters of the tokens out, not half
             # half the batch: twice the steps for the same FLOPs (its own cache of 8,000 clips)
             "masked-batch-4": {**MASKED, "batch_size": 4}}
+RECIPES["masked-batch-4-lr-1e-3"] = {**RECIPES["masked-batch-4"], "lr": 1e-3}  # the two winners together
 # Per budget, changes to the protocol: quick, a tiny model and cache; gpu, the shipped model's size
 # and batch (cpu-medium, 81,920 tokens a step) with its 80,000-clip cache rendered by 14 workers.
 BUDGET_PROTOCOL = {"quick": dict(preset="tiny", latent_cache=16, batch_size=4),
@@ -246,6 +248,25 @@ def run(args) -> None:
           f"score={measured['score']['in_dist']:.3f}/{measured['score']['heldout']:.3f}", flush=True)
 
 
+def measure(args) -> None:
+    """An existing bundle under the protocol's measures, as a reference column for ``table``."""
+    from videodit.bundle import BUNDLED
+    from videodit.device import pick_device
+    out = Path(args.root) / args.name
+    out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bundle = BUNDLED if args.bundle == "bundled" else Path(args.bundle)
+    t0 = time.time()
+    measured = evaluate_bundle(bundle, args.prompts, out, str(pick_device(args.device)))
+    report = {"recipe": args.name, "bundle": str(args.bundle), "budget_flops": args.flops, "steps": args.steps,
+              "step_flops": round(args.flops / args.steps), "prompts": args.prompts,
+              "eval_s": round(time.time() - t0, 1), **measured}
+    (out / "speedrun.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(f"RESULT {args.name} val_loss={measured['val_loss']:.4f} "
+          f"score={measured['score']['in_dist']:.3f}/{measured['score']['heldout']:.3f}", flush=True)
+
+
 def table(args) -> None:
     """Paired table of runs against the first (eval_sizes' metrics and intervals)."""
     sys.path.insert(0, str(Path(__file__).parent))
@@ -334,6 +355,15 @@ def main() -> None:
     po = sub.add_parser("pooled", help="a recipe's paired differences from its baseline over several seeds, pooled")
     po.add_argument("pairs", nargs="+", help="BASELINE_RUN,RECIPE_RUN per seed, e.g. runs/speedrun/cpu-baseline,"
                     "runs/speedrun/cpu-tread runs/speedrun/cpu-baseline-s1,runs/speedrun/cpu-tread-s1")
+    m = sub.add_parser("measure", help="an existing bundle under the same measures (a reference column)")
+    m.add_argument("bundle", help="a bundle folder, or 'bundled' for the model shipped in the package")
+    m.add_argument("--name", default="shipped", help="its folder under --root")
+    m.add_argument("--flops", type=float, required=True, help="the DiT's training FLOPs (the table's FLOPs row)")
+    m.add_argument("--steps", type=int, required=True, help="its training steps (the table's steps row)")
+    m.add_argument("--root", default="runs/speedrun")
+    m.add_argument("--threads", type=int, default=2, help="CPU threads (0 = torch's default)")
+    m.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    m.add_argument("--prompts", type=int, default=200, help="eval prompts for the evaluator")
     sub.add_parser("list", help="the recipes and what each changes")
     args = ap.parse_args()
     if args.cmd == "run":
@@ -342,6 +372,8 @@ def main() -> None:
         table(args)
     elif args.cmd == "pooled":
         pooled(args)
+    elif args.cmd == "measure":
+        measure(args)
     else:
         for name, over in RECIPES.items():
             print(f"{name:16s} {over or 'the protocol alone: videodit train without token routing'}")

@@ -45,6 +45,14 @@ def test_quick_budget_runs_two_recipes_and_pairs_them(tmp_path):
     mean = rows["| mean"]
     assert mean[0] == mean[1] and mean[0].split()[0] == mean[2].split()[0]
     assert rows["| val loss"][0] == f"{tread['val_loss']:.4f} vs {base['val_loss']:.4f}"
+    # An existing bundle measured as a reference column: the baseline's own bundle measures the same.
+    out = speedrun("measure", str(root / "quick-baseline" / "bundle"), "--name", "ref", "--flops", "1e12",
+                   "--steps", "10", "--root", str(root), "--threads", "1", "--prompts", "4", cwd=tmp_path)
+    ref = json.loads((root / "ref" / "speedrun.json").read_text())
+    assert "RESULT ref val_loss=" in out and ref["val_loss"] == base["val_loss"] and ref["step_flops"] == 10 ** 11
+    assert ref["score"] == base["score"]
+    table = speedrun("table", str(root / "ref"), str(root / "quick-baseline"), cwd=tmp_path)
+    assert "| FLOPs | 1e+12 |" in table and "+0.000 [+0.00, +0.00]" in table
 
 
 def test_a_seed_replicate_trains_the_same_budget_on_its_own_cache(tmp_path):
