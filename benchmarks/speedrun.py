@@ -92,6 +92,7 @@ RECIPES |= {"masked-lr-1e-3": {**MASKED, "lr": 1e-3},
             # half the batch: twice the steps for the same FLOPs (its own cache of 8,000 clips)
             "masked-batch-4": {**MASKED, "batch_size": 4}}
 RECIPES["masked-batch-4-lr-1e-3"] = {**RECIPES["masked-batch-4"], "lr": 1e-3}  # the two winners together
+RECIPES["masked-batch-128"] = {**MASKED, "batch_size": 128}  # the gpu budget's batch 256 halved
 # Per budget, changes to the protocol: quick, a tiny model and cache; gpu, the shipped model's size
 # and batch (cpu-medium, 81,920 tokens a step) with its 80,000-clip cache rendered by 14 workers.
 BUDGET_PROTOCOL = {"quick": dict(preset="tiny", latent_cache=16, batch_size=4),

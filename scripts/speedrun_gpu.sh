@@ -5,7 +5,7 @@
 # against the first recipe. With PACK=DIR (PACK=$OUT on a device machine) every run's
 # speedrun.json, eval.json and log.csv are copied there as soon as the run ends, and the table too.
 #
-#   PACK=$OUT TEXT_ENCODER=.gpu/minilm bash scripts/speedrun_gpu.sh baseline tread masked
+#   PACK=$OUT TEXT_ENCODER=.gpu/minilm bash scripts/speedrun_gpu.sh baseline masked masked-batch-128
 #
 # Environment: BUDGET (default gpu), DEVICE (default cuda), PROMPTS (default 200), ROOT (default
 # runs/speedrun), THREADS (CPU threads, default 0 = torch's default), TEXT_ENCODER (a local copy of

@@ -59,7 +59,7 @@ def _is_main_process() -> bool:
 
 _TRAIN_EXAMPLES = """examples:
   # a quick CPU run of the small preset through the bundled VAE
-  videodit train --preset cpu-small --out runs/dit --steps 2000 --batch-size 16 --threads 2
+  videodit train --preset cpu-small --out runs/dit --steps 8000 --threads 2
   # one GPU, SynthWorld rendered by 12 DataLoader workers, several sizes and durations
   videodit train --out runs/dit_gpu --batch-size 64 --num-workers 12 --sizes 64x64 --frames 17
   # data-parallel on CPU (gloo) or many GPUs (NCCL): the same program under torchrun

@@ -78,9 +78,11 @@ class DiTTrainConfig:
         "help": "VAE bundle folder (empty = the bundled VAE)", "path": "dir", "group": "model"})
     text_encoder: str = field(default="all-minilm-l6-v2", metadata={
         "help": "text encoder: the bundled 'all-minilm-l6-v2' or a local Hugging Face folder", "group": "model"})
-    steps: int = field(default=20000, metadata={"help": "optimizer steps", "min": 1, "group": "run"})
-    batch_size: int = field(default=16, metadata={
-        "help": "clips per step, in total over all processes (the global batch; each process reads its slice)",
+    steps: int = field(default=80000, metadata={"help": "optimizer steps", "min": 1, "group": "run"})
+    batch_size: int = field(default=4, metadata={
+        "help": "clips per step, in total over all processes (the global batch; each process reads its slice). "
+                "4 learned the most from the same FLOPs in benchmarks/speedrun.py (twice the steps of batch 8, "
+                "two seeds); a GPU wants more clips a step to stay busy (--batch-size or --tokens-per-batch)",
         "min": 1, "group": "optimisation"})
     lr: float = field(default=3e-4, metadata={"help": "peak AdamW learning rate", "min": 0, "group": "optimisation"})
     warmup_steps: int = field(default=500, metadata={
