@@ -7,6 +7,7 @@
     PYTHONPATH=. python benchmarks/speedrun.py pooled runs/speedrun/cpu-baseline,runs/speedrun/cpu-tread \
         runs/speedrun/cpu-baseline-s1,runs/speedrun/cpu-tread-s1                # per seed and pooled
     PYTHONPATH=. python benchmarks/speedrun.py measure bundled --flops 3.5e16 --steps 3496   # the shipped
+    PYTHONPATH=. python benchmarks/speedrun.py revalue runs/speedrun/cpu-masked   # val losses again
     PYTHONPATH=. python benchmarks/speedrun.py list                             # the recipes
     PYTHONPATH=. python benchmarks/speedrun.py run baseline --budget quick      # a smoke test, ~1 min
 
@@ -22,7 +23,10 @@ Then two measures of the EMA model in OUT/bundle:
   - val loss: the flow-matching loss on 128 SynthWorld eval-split clips (indices 1000-1127, their
     canonical captions) at 8 fixed timesteps t = (2i + 1) / 16 with fixed noise, every frame
     generated: a low-noise measure of the fit (in the recipe's latent space: recipes with other
-    latent statistics are not comparable on it);
+    latent statistics are not comparable on it); the same with empty captions, and their
+    difference, the "text gap": how much the prediction uses the text (a model can lower the val
+    loss by fitting the unconditional distribution better while its guided samples ignore the
+    prompt);
   - the evaluator on ``--prompts`` (200) SynthWorld eval prompts, sampled as the bundled model is
     (16 Euler steps, guidance 4 at 0.2 <= t <= 0.85), batches of 25 sharing the seed of their first
     prompt, so two runs see the same prompts with the same noise and compare paired.
@@ -92,6 +96,7 @@ RECIPES |= {"masked-lr-1e-3": {**MASKED, "lr": 1e-3},
             # half the batch: twice the steps for the same FLOPs (its own cache of 8,000 clips)
             "masked-batch-4": {**MASKED, "batch_size": 4}}
 RECIPES["masked-batch-4-lr-1e-3"] = {**RECIPES["masked-batch-4"], "lr": 1e-3}  # the two winners together
+RECIPES["masked-batch-2"] = {**MASKED, "batch_size": 2}  # four times the steps of batch 8
 RECIPES["masked-batch-128"] = {**MASKED, "batch_size": 128}  # the gpu budget's batch 256 halved
 # Per budget, changes to the protocol: quick, a tiny model and cache; gpu, the shipped model's size
 # and batch (cpu-medium, 81,920 tokens a step) with its 80,000-clip cache rendered by 14 workers.
@@ -168,26 +173,32 @@ def link_cache(cfg, root: Path, keep: bool) -> None:
         os.link(src, dst)
 
 
-def val_loss(pipe, cache: Path) -> float:
-    """The EMA model's flow-matching loss on the fixed validation clips (see the module doc)."""
-    from videodit import flow
+def val_losses(pipe, cache: Path) -> dict:
+    """The EMA model's flow-matching loss on the fixed validation clips with their captions
+    (``val_loss``) and with empty captions (``val_loss_empty``), the same noise for both (see the
+    module doc). Their difference is how much the model's prediction uses the text."""
     from videodit.video import frames_to_tensor
     from videodit.world import make_sample
     w, h = pipe.config.size
-    autocast = torch.autocast(pipe.device.type, torch.bfloat16)
     if not cache.exists():
         samples = [make_sample("eval", VAL_FIRST + i, 0, width=w, height=h, frames=pipe.config.frames)
                    for i in range(VAL_CLIPS)]
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), torch.autocast(pipe.device.type, torch.bfloat16):
             latents = torch.cat([pipe.vae.encode(frames_to_tensor(np.stack([s.frames for s in samples[i:i + 16]]))
                                                  .to(pipe.device)) for i in range(0, VAL_CLIPS, 16)]).float().cpu()
         torch.save({"latents": latents, "captions": [s.caption for s in samples]}, cache)
     data = torch.load(cache, weights_only=True)
     x0 = pipe.vae.normalize(data["latents"].to(pipe.device))
+    return {"val_loss": _fixed_noise_loss(pipe, x0, data["captions"]),
+            "val_loss_empty": _fixed_noise_loss(pipe, x0, [""] * len(data["captions"]))}
+
+
+def _fixed_noise_loss(pipe, x0: torch.Tensor, captions: list[str]) -> float:
+    from videodit import flow
     gen = torch.Generator().manual_seed(0)
     losses = []
-    with torch.no_grad(), autocast:
-        tokens, mask = pipe.text.encode(data["captions"])
+    with torch.no_grad(), torch.autocast(pipe.device.type, torch.bfloat16):
+        tokens, mask = pipe.text.encode(captions)
         for i in range(VAL_TIMES):
             t = torch.full((VAL_CLIPS,), (2 * i + 1) / (2 * VAL_TIMES))
             x_t, v = flow.interpolate(x0, torch.randn(x0.shape, generator=gen).to(x0.device), t.to(x0.device))
@@ -196,6 +207,13 @@ def val_loss(pipe, cache: Path) -> float:
                 pred = pipe.dit(x_t[part], t[part], tokens[part], mask[part])
                 losses.append(float(flow.flow_loss(pred, v[part])))
     return float(np.mean(losses))
+
+
+def val_cache(pipe, root: Path) -> Path:
+    """The validation clips' raw latents depend on the VAE's weights and the size only (not on its
+    latent statistics): one file per (size, weights) next to the runs."""
+    total = float(sum(p.detach().double().sum() for p in pipe.vae.parameters()))
+    return root / "val-{}x{}x{}-{:.10e}.pt".format(*pipe.config.size, pipe.config.frames, total)
 
 
 def evaluate_bundle(bundle: Path, prompts: int, out: Path, device: str) -> dict:
@@ -211,11 +229,30 @@ def evaluate_bundle(bundle: Path, prompts: int, out: Path, device: str) -> dict:
                             guidance_interval=EVAL_INTERVAL, seed=start))
     result = evaluate(videos, texts, fps=pipe.config.fps, progress=False)
     (out / "eval.json").write_text(json.dumps(result.to_json(), indent=1) + "\n")
-    # The validation clips' raw latents depend on the VAE's weights and the size only (not on its
-    # latent statistics): one file per (size, weights) next to the runs.
-    total = float(sum(p.detach().double().sum() for p in pipe.vae.parameters()))
-    cache = out.parent / "val-{}x{}x{}-{:.10e}.pt".format(*pipe.config.size, pipe.config.frames, total)
-    return {"score": result.score, "val_loss": val_loss(pipe, cache)}
+    return {"score": result.score, **val_losses(pipe, val_cache(pipe, out.parent))}
+
+
+def run_bundle(d: Path, info: dict) -> Path:
+    """The bundle a run folder measured: its own, or the one ``measure`` was given."""
+    from videodit.bundle import BUNDLED
+    if "bundle" not in info:
+        return d / "bundle"
+    return BUNDLED if info["bundle"] == "bundled" else Path(info["bundle"])
+
+
+def revalue(args) -> None:
+    """Recompute finished runs' val losses (captions and empty captions) into their speedrun.json,
+    for runs measured before the empty-caption loss was part of the protocol."""
+    from videodit.device import pick_device
+    from videodit.pipeline import Pipeline
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for d in map(Path, args.runs):
+        info = json.loads((d / "speedrun.json").read_text())
+        pipe = Pipeline.load(run_bundle(d, info), device=str(pick_device(args.device)))
+        info.update(val_losses(pipe, val_cache(pipe, d.parent)))
+        (d / "speedrun.json").write_text(json.dumps(info, indent=1) + "\n")
+        print(f"{d.name}: val loss {info['val_loss']:.4f}, empty captions {info['val_loss_empty']:.4f}", flush=True)
 
 
 def run(args) -> None:
@@ -251,17 +288,17 @@ def run(args) -> None:
 
 def measure(args) -> None:
     """An existing bundle under the protocol's measures, as a reference column for ``table``."""
-    from videodit.bundle import BUNDLED
     from videodit.device import pick_device
     out = Path(args.root) / args.name
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
-    bundle = BUNDLED if args.bundle == "bundled" else Path(args.bundle)
+    bundle = run_bundle(out, {"bundle": args.bundle})
     t0 = time.time()
     measured = evaluate_bundle(bundle, args.prompts, out, str(pick_device(args.device)))
-    report = {"recipe": args.name, "bundle": str(args.bundle), "budget_flops": args.flops, "steps": args.steps,
-              "step_flops": round(args.flops / args.steps), "prompts": args.prompts,
+    report = {"recipe": args.name, "bundle": args.bundle if args.bundle == "bundled" else str(bundle.resolve()),
+              "budget_flops": args.flops, "steps": args.steps, "step_flops": round(args.flops / args.steps),
+              "prompts": args.prompts,
               "eval_s": round(time.time() - t0, 1), **measured}
     (out / "speedrun.json").write_text(json.dumps(report, indent=1) + "\n")
     print(f"RESULT {args.name} val_loss={measured['val_loss']:.4f} "
@@ -282,6 +319,7 @@ def table(args) -> None:
         raise SystemExit("runs evaluated on different prompts: they compare only paired")
     rows = [("steps", lambda i, _: f"{i['steps']}"), ("FLOPs", lambda i, _: f"{i['steps'] * i['step_flops']:.3g}"),
             ("val loss", lambda i, _: f"{i['val_loss']:.4f}"),
+            ("text gap", lambda i, _: f"{i['val_loss_empty'] - i['val_loss']:.4f}" if "val_loss_empty" in i else "-"),
             ("SCORE in / held-out", lambda i, _: f"{i['score']['in_dist']:.3f} / {i['score']['heldout']:.3f}")]
     print("| | " + " | ".join(name for name, *_ in runs) + " |\n|---" * 1 + "|---" * len(runs) + "|")
     for label, cell in rows:
@@ -365,6 +403,10 @@ def main() -> None:
     m.add_argument("--threads", type=int, default=2, help="CPU threads (0 = torch's default)")
     m.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
     m.add_argument("--prompts", type=int, default=200, help="eval prompts for the evaluator")
+    rv = sub.add_parser("revalue", help="recompute finished runs' val losses (with and without captions)")
+    rv.add_argument("runs", nargs="+", help="run folders (ROOT/BUDGET-RECIPE, or measure's)")
+    rv.add_argument("--threads", type=int, default=2, help="CPU threads (0 = torch's default)")
+    rv.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
     sub.add_parser("list", help="the recipes and what each changes")
     args = ap.parse_args()
     if args.cmd == "run":
@@ -375,6 +417,8 @@ def main() -> None:
         pooled(args)
     elif args.cmd == "measure":
         measure(args)
+    elif args.cmd == "revalue":
+        revalue(args)
     else:
         for name, over in RECIPES.items():
             print(f"{name:16s} {over or 'the protocol alone: videodit train without token routing'}")

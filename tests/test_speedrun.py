@@ -38,6 +38,9 @@ def test_quick_budget_runs_two_recipes_and_pairs_them(tmp_path):
     assert (root / "quick-tread" / "latents-rank0.pt").stat().st_ino == (root / "quick-baseline" / "latents-rank0.pt").stat().st_ino
     table = speedrun("table", str(root / "quick-baseline"), str(root / "quick-tread"), cwd=tmp_path)
     assert "| val loss |" in table and "| mean |" in table and table.count("[") >= 12
+    assert all(run["val_loss_empty"] > 0 for run in (base, tread))
+    gap = base["val_loss_empty"] - base["val_loss"]
+    assert f"| text gap | {gap:.4f} |" in table
     # The same pair twice as two "seeds": each seed's difference and the pooled one agree.
     pair = f"{root / 'quick-baseline'},{root / 'quick-tread'}"
     rows = {line.split(" | ")[0]: line.split(" | ")[1:] for line in
@@ -53,6 +56,12 @@ def test_quick_budget_runs_two_recipes_and_pairs_them(tmp_path):
     assert ref["score"] == base["score"]
     table = speedrun("table", str(root / "ref"), str(root / "quick-baseline"), cwd=tmp_path)
     assert "| FLOPs | 1e+12 |" in table and "+0.000 [+0.00, +0.00]" in table
+    # revalue recomputes both val losses of a finished run the same way.
+    (root / "ref" / "speedrun.json").write_text(json.dumps({k: v for k, v in ref.items() if k != "val_loss_empty"}))
+    speedrun("revalue", str(root / "ref"), "--threads", "1", cwd=tmp_path)
+    again = json.loads((root / "ref" / "speedrun.json").read_text())
+    assert again.keys() == ref.keys() and again["score"] == ref["score"]
+    assert all(abs(again[k] - ref[k]) < 1e-4 * ref[k] for k in ("val_loss", "val_loss_empty"))
 
 
 def test_a_seed_replicate_trains_the_same_budget_on_its_own_cache(tmp_path):
