@@ -97,6 +97,7 @@ RECIPES |= {"masked-lr-1e-3": {**MASKED, "lr": 1e-3},
             "masked-batch-4": {**MASKED, "batch_size": 4}}
 RECIPES["masked-batch-4-lr-1e-3"] = {**RECIPES["masked-batch-4"], "lr": 1e-3}  # the two winners together
 RECIPES["masked-batch-2"] = {**MASKED, "batch_size": 2}  # four times the steps of batch 8
+RECIPES["masked-75-batch-4"] = {**RECIPES["masked-75"], "batch_size": 4}
 RECIPES["masked-batch-128"] = {**MASKED, "batch_size": 128}  # the gpu budget's batch 256 halved
 # Per budget, changes to the protocol: quick, a tiny model and cache; gpu, the shipped model's size
 # and batch (cpu-medium, 81,920 tokens a step) with its 80,000-clip cache rendered by 14 workers.
