@@ -98,6 +98,9 @@ RECIPES |= {"masked-lr-1e-3": {**MASKED, "lr": 1e-3},
 RECIPES["masked-batch-4-lr-1e-3"] = {**RECIPES["masked-batch-4"], "lr": 1e-3}  # the two winners together
 RECIPES["masked-batch-2"] = {**MASKED, "batch_size": 2}  # four times the steps of batch 8
 RECIPES["masked-75-batch-4"] = {**RECIPES["masked-75"], "batch_size": 4}
+# muP-style learning rates (--mup-base-dim 64): the width-reading matrices at 1.2e-3 x 64 / 256 = 3e-4
+# as before, the input layers, biases, gains and modulation tables at 1.2e-3 (four times)
+RECIPES["masked-batch-4-mup"] = {**RECIPES["masked-batch-4"], "mup_base_dim": 64, "lr": 1.2e-3}
 RECIPES["masked-batch-128"] = {**MASKED, "batch_size": 128}  # the gpu budget's batch 256 halved
 # Per budget, changes to the protocol: quick, a tiny model and cache; gpu, the shipped model's size
 # and batch (cpu-medium, 81,920 tokens a step) with its 80,000-clip cache rendered by 14 workers.

@@ -362,3 +362,37 @@ def test_routing_is_on_by_default_where_it_applies():
     assert route_plan(DiTTrainConfig(route=0.25, route_blocks=(2, 6)), 8) == (0.25, (2, 6))
     with pytest.raises(VideoditError, match="START < END <= 8"):
         route_plan(DiTTrainConfig(route=0.5, route_blocks=(4, 9)), 8)
+
+
+def test_mup_learning_rates_scale_the_width_reading_weights_and_resume_exactly(tmp_path, tiny_vae):
+    """--mup-base-dim B: AdamW trains the input layers, biases, gains and modulation tables at the
+    schedule's lr and every other Linear weight (attention, MLP, conditioning, head) at lr x B / dim;
+    a resumed run is the uninterrupted one; with --lora it is a clear error."""
+    from safetensors.torch import load_file
+    from videodit.train import loop
+    from videodit.train.dit import INPUT_LINEARS, DiTTask
+
+    cfg = dit_train_cfg(tmp_path / "a", tiny_vae, mup_base_dim=16)  # the tiny preset's width is 64
+    task = DiTTask(cfg, loop.DistInfo(0, 1, 0, torch.device("cpu")))
+    names = {id(p): n for n, p in task.model.named_parameters()}
+    groups = task.lr_groups()
+    assert [g["lr_scale"] for g in groups] == [1.0, 0.25]
+    inputs, hidden = ({names[id(p)] for p in g["params"]} for g in groups)
+    assert inputs | hidden == set(names.values()) and not inputs & hidden
+    modules = dict(task.model.named_modules())
+    assert all(isinstance(modules[m], torch.nn.Linear) for m in INPUT_LINEARS if m in modules)
+    assert {"patch_embed.weight", "text_embed.0.weight", "time_embed.0.weight", "head.bias"} <= inputs
+    assert {"head.weight", "text_embed.2.weight", "blocks.0.self_attn.qkv.weight", "blocks.0.mlp.2.weight"} <= hidden
+    assert not any(n.endswith(("bias", "gain", "modulation")) for n in hidden)
+
+    straight = train_dit(cfg)
+    saved = torch.load(tmp_path / "a" / "run" / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert saved[1]["lr"] == pytest.approx(saved[0]["lr"] * 0.25) and saved[0]["lr"] > 0
+    train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, mup_base_dim=16, steps=2))
+    resumed = train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, mup_base_dim=16))
+    a, b = (load_file(p / "dit" / "model.safetensors") for p in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(VideoditError, match="does not fit"):  # the same run resumed with one learning rate
+        train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, steps=6))
+    with pytest.raises(VideoditError, match="--mup-base-dim .* --lora"):
+        DiTTrainConfig(mup_base_dim=64, lora=4, init="bundled").check()

@@ -245,8 +245,10 @@ def load_full(payload: dict, *, model: nn.Module, optimizer, ema: nn.Module) -> 
     full = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, payload["model"], options=full)
     set_model_state_dict(ema, payload["ema"], options=full)
-    # The loop builds AdamW over the trainable parameters in model order: index i is the i-th name.
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    # The saved optimizer numbers the parameters in its groups' order, the same groups this run's
+    # optimizer holds (Task.lr_groups): index i is the i-th parameter of those groups.
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    names = [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
     opt = payload["optimizer"]
     by_name = {"state": {names[i]: s for i, s in opt["state"].items()},
                "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in opt["param_groups"]]}

@@ -65,6 +65,8 @@ from videodit.world.scene import parse_size
 CHECKPOINT_KIND = "dit"
 COND_MODES = ("none", "first", "last", "ends", "lead", "trail")
 DEFAULT_PRESET = "cpu-small"
+# The DiT's Linears that read its inputs (fan-in fixed by the data, not the width): muP's input layers.
+INPUT_LINEARS = ("patch_embed", "text_embed.0", "time_embed.0", "guidance_embed.0")
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,12 @@ class DiTTrainConfig:
                 "two seeds); a GPU wants more clips a step to stay busy (--batch-size or --tokens-per-batch)",
         "min": 1, "group": "optimisation"})
     lr: float = field(default=3e-4, metadata={"help": "peak AdamW learning rate", "min": 0, "group": "optimisation"})
+    mup_base_dim: int = field(default=0, metadata={
+        "help": "muP-style learning rates for Adam (Yang et al. 2022): the weight matrices that read the width "
+                "(attention, MLP, conditioning and output layers) train at lr x BASE / dim, the input embeddings, "
+                "biases, gains and modulation tables at lr, so an lr tuned on a DiT of width BASE carries over to a "
+                "wider one. 0 = one learning rate for every weight; a run resumes only with the same setting",
+        "min": 0, "group": "optimisation"})
     warmup_steps: int = field(default=500, metadata={
         "help": "linear warm-up, then cosine decay to lr/10", "min": 0, "group": "optimisation"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0, "group": "optimisation"})
@@ -237,6 +245,9 @@ class DiTTrainConfig:
         if self.sp > 1 and self.pack:
             raise VideoditError("--sp splits one clip's tokens; --pack (block-diagonal packed sequences) does not "
                                 "go with it")
+        if self.mup_base_dim and self.lora:
+            raise VideoditError("--mup-base-dim scales the learning rates of a whole DiT's weights: it does not go "
+                                "with --lora (or distillation's adapters)")
         if self.lora and self.parallel == "fsdp":
             raise VideoditError("--lora trains a few adapter weights: use --parallel ddp")
         if self.compile and self.pack:
@@ -481,6 +492,19 @@ class DiTTask:
 
     def wants_ema(self, step: int, done: bool) -> bool:
         return bool(self.cfg.sample_every) and (step % self.cfg.sample_every == 0 or done)
+
+    def lr_groups(self) -> list[dict]:
+        """AdamW's parameter groups (loop.Task.lr_groups): one at lr, or with --mup-base-dim B the
+        hidden and output matrices at lr x B / dim (muP for Adam, Yang et al. 2022, Table 3): every
+        Linear's weight but those of the layers that read the inputs (patches, text and timestep
+        features, whose fan-in does not grow with the width)."""
+        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if not self.cfg.mup_base_dim:
+            return [{"params": [p for _, p in params], "lr_scale": 1.0}]
+        hidden = {f"{name}.weight" for name, m in self.model.named_modules()
+                  if isinstance(m, torch.nn.Linear) and name not in INPUT_LINEARS}
+        return [{"params": [p for n, p in params if n not in hidden], "lr_scale": 1.0},
+                {"params": [p for n, p in params if n in hidden], "lr_scale": self.cfg.mup_base_dim / self.model_cfg.dim}]
 
     def extra_modules(self) -> dict:
         return {}

@@ -101,6 +101,7 @@ class Task(Protocol):
     ema_warmup: int                  # EMA decay ramps up as (1 + s) / (ema_warmup + s)
     compile_shapes: int              # torch.compile the model for this many input shapes (0 = eager)
 
+    def lr_groups(self) -> list[dict]: ...        # AdamW's parameter groups, each with "lr_scale" (x the schedule's lr)
     def extra_modules(self) -> dict: ...          # other state to checkpoint and roll back (name -> module / optimizer)
     def init(self) -> None: ...                   # start from --init when there is no checkpoint
     def batches(self, step: int) -> Iterator: ...  # the data of step ``step`` on
@@ -227,9 +228,9 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float, ok: torch.Tensor 
             torch._foreach_copy_(buffers, list(model.buffers()))
 
 
-def make_optimizer(params: list[nn.Parameter], cfg: LoopSettings, device: torch.device,
+def make_optimizer(params: list[nn.Parameter] | list[dict], cfg: LoopSettings, device: torch.device,
                    sharded: bool) -> torch.optim.AdamW:
-    """AdamW, fused (one kernel over all parameters; CPU and CUDA) unless the parameters are
+    """AdamW over ``params`` (parameters, or groups of them: Task.lr_groups), fused (one kernel over all parameters; CPU and CUDA) unless the parameters are
     FSDP shards, which take the foreach implementation. The fused kernel also skips a step on
     the device when ``optimizer.found_inf`` is 1 (Run.train_step). cpu-medium on one CPU thread:
     13 ms a step fused, 43 ms torch's default (a loop over the tensors), 79 ms foreach."""
@@ -430,7 +431,7 @@ class Run:
         next ``check``."""
         cfg, task, dist, step = self.cfg, self.task, self.dist, self.step
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         # The same generator on every rank: each draws the global batch's numbers, keeps its rows.
         result = task.step(net, batch, step, step_generator(cfg.seed, step, 0), lr)
         monitor = rank_mean(result.monitor.detach().float(), dist)
@@ -541,12 +542,15 @@ def _start_run(cfg: LoopSettings, task: Task, dist: DistInfo) -> tuple[Run, nn.M
         ema = copy.deepcopy(task.ema)
         D.fully_shard_model(ema, task.fsdp_units(ema), bf16=False)
         D.fully_shard_model(task.model, task.fsdp_units(task.model), bf16=cfg.bf16)
-    optimizer = make_optimizer([p for p in task.model.parameters() if p.requires_grad], cfg, dist.device, sharded)
+    groups = task.lr_groups()
+    optimizer = make_optimizer(groups, cfg, dist.device, sharded)
     r = Run(cfg, task, dist, out, log, sharded, optimizer, ema, DivergenceGuard(cfg.warmup_steps))
     if found is not None:
         r.step, r.guard = _resume(*found, cfg, task, dist, optimizer, ema, sharded, log)
-        for group in optimizer.param_groups:  # a checkpoint's groups name the implementation it used
-            group.update(fused=optimizer.defaults["fused"], foreach=optimizer.defaults["foreach"])
+        # A checkpoint's groups name the implementation and learning-rate scales it ran with: this run's rule.
+        for group, ours in zip(optimizer.param_groups, groups):
+            group.update(fused=optimizer.defaults["fused"], foreach=optimizer.defaults["foreach"],
+                         lr_scale=ours["lr_scale"])
     r.guard.take_snapshot(r.step, r.guarded)
     net = task.model
     if dist.world_size > 1 and not sharded:

@@ -431,6 +431,9 @@ class VAETask:
         if cfg.anchor_weight:  # the frozen --init VAE whose latents the encoder must keep
             self.anchor = VideoVAE.from_pretrained(cfg.init, device=device).eval().requires_grad_(False)
 
+    def lr_groups(self) -> list[dict]:
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr_scale": 1.0}]
+
     def extra_modules(self) -> dict:
         return {} if self.disc is None else {"disc": self.disc, "disc_opt": self.disc_opt}
 
