@@ -90,18 +90,20 @@ RECIPES: dict[str, dict] = {
 }
 # The same changes on top of token masking (videodit train's default), to compare against "masked".
 MASKED = RECIPES["masked"]
-RECIPES |= {"masked-lr-1e-3": {**MASKED, "lr": 1e-3},
-            "masked-t2v-heavy": {**MASKED, **RECIPES["t2v-heavy"]},
-            "masked-75": {**MASKED, "route": 0.75},  # three quarters of the tokens out, not half
-            # half the batch: twice the steps for the same FLOPs (its own cache of 8,000 clips)
-            "masked-batch-4": {**MASKED, "batch_size": 4}}
-RECIPES["masked-batch-4-lr-1e-3"] = {**RECIPES["masked-batch-4"], "lr": 1e-3}  # the two winners together
-RECIPES["masked-batch-2"] = {**MASKED, "batch_size": 2}  # four times the steps of batch 8
-RECIPES["masked-75-batch-4"] = {**RECIPES["masked-75"], "batch_size": 4}
-# muP-style learning rates (--mup-base-dim 64): the width-reading matrices at 1.2e-3 x 64 / 256 = 3e-4
-# as before, the input layers, biases, gains and modulation tables at 1.2e-3 (four times)
-RECIPES["masked-batch-4-mup"] = {**RECIPES["masked-batch-4"], "mup_base_dim": 64, "lr": 1.2e-3}
-RECIPES["masked-batch-128"] = {**MASKED, "batch_size": 128}  # the gpu budget's batch 256 halved
+BATCH_4 = {**MASKED, "batch_size": 4}  # half the batch: twice the steps for the same FLOPs (its own 8,000 clips)
+RECIPES |= {
+    "masked-lr-1e-3": {**MASKED, "lr": 1e-3},
+    "masked-t2v-heavy": {**MASKED, **RECIPES["t2v-heavy"]},
+    "masked-75": {**MASKED, "route": 0.75},  # three quarters of the tokens out, not half
+    "masked-batch-4": BATCH_4,
+    "masked-batch-2": {**MASKED, "batch_size": 2},  # four times the steps of batch 8
+    "masked-batch-4-lr-1e-3": {**BATCH_4, "lr": 1e-3},  # the two winners together
+    "masked-75-batch-4": {**BATCH_4, "route": 0.75},
+    # muP-style learning rates (--mup-base-dim 64): the width-reading matrices at 1.2e-3 x 64 / 256 =
+    # 3e-4 as before, the input layers, biases, gains and modulation tables at 1.2e-3 (four times)
+    "masked-batch-4-mup": {**BATCH_4, "mup_base_dim": 64, "lr": 1.2e-3},
+    "masked-batch-128": {**MASKED, "batch_size": 128},  # the gpu budget's batch 256 halved
+}
 # Per budget, changes to the protocol: quick, a tiny model and cache; gpu, the shipped model's size
 # and batch (cpu-medium, 81,920 tokens a step) with its 80,000-clip cache rendered by 14 workers.
 BUDGET_PROTOCOL = {"quick": dict(preset="tiny", latent_cache=16, batch_size=4),
@@ -249,8 +251,6 @@ def revalue(args) -> None:
     for runs measured before the empty-caption loss was part of the protocol."""
     from videodit.device import pick_device
     from videodit.pipeline import Pipeline
-    if args.threads:
-        torch.set_num_threads(args.threads)
     for d in map(Path, args.runs):
         info = json.loads((d / "speedrun.json").read_text())
         pipe = Pipeline.load(run_bundle(d, info), device=str(pick_device(args.device)))
@@ -265,8 +265,6 @@ def run(args) -> None:
     root = Path(args.root)
     out = root / (f"{args.budget}-{args.recipe}" + (f"-s{args.seed}" if args.seed else ""))
     out.mkdir(parents=True, exist_ok=True)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     settings = dict(threads=args.threads, device=args.device)
     if args.text_encoder:
         settings["text_encoder"] = args.text_encoder
@@ -285,9 +283,7 @@ def run(args) -> None:
               "budget": args.budget, "budget_flops": BUDGETS[args.budget], "step_flops": round(flops),
               "steps": cfg.steps, "prompts": args.prompts, "train_s_this_call": round(train_s, 1),
               "eval_s": round(time.time() - t0, 1), **measured}
-    (out / "speedrun.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(f"RESULT {args.recipe} val_loss={measured['val_loss']:.4f} "
-          f"score={measured['score']['in_dist']:.3f}/{measured['score']['heldout']:.3f}", flush=True)
+    write_report(out, report)
 
 
 def measure(args) -> None:
@@ -295,18 +291,20 @@ def measure(args) -> None:
     from videodit.device import pick_device
     out = Path(args.root) / args.name
     out.mkdir(parents=True, exist_ok=True)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     bundle = run_bundle(out, {"bundle": args.bundle})
     t0 = time.time()
     measured = evaluate_bundle(bundle, args.prompts, out, str(pick_device(args.device)))
     report = {"recipe": args.name, "bundle": args.bundle if args.bundle == "bundled" else str(bundle.resolve()),
               "budget_flops": args.flops, "steps": args.steps, "step_flops": round(args.flops / args.steps),
-              "prompts": args.prompts,
-              "eval_s": round(time.time() - t0, 1), **measured}
+              "prompts": args.prompts, "eval_s": round(time.time() - t0, 1), **measured}
+    write_report(out, report)
+
+
+def write_report(out: Path, report: dict) -> None:
+    """OUT/speedrun.json, and the RESULT line."""
     (out / "speedrun.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(f"RESULT {args.name} val_loss={measured['val_loss']:.4f} "
-          f"score={measured['score']['in_dist']:.3f}/{measured['score']['heldout']:.3f}", flush=True)
+    print(f"RESULT {report['recipe']} val_loss={report['val_loss']:.4f} "
+          f"score={report['score']['in_dist']:.3f}/{report['score']['heldout']:.3f}", flush=True)
 
 
 def table(args) -> None:
@@ -379,6 +377,12 @@ def metric_values(tab: dict, m: str) -> np.ndarray:
     return np.nanmean(np.stack(list(tab.values())), axis=0)
 
 
+def machine(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (0 = torch's default)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda: trains and "
+                        "measures there")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -388,8 +392,7 @@ def main() -> None:
     r.add_argument("--root", default="runs/speedrun", help="runs go to ROOT/BUDGET-RECIPE (-sSEED for seed > 0)")
     r.add_argument("--seed", type=int, default=0, help="a replicate's seed: init, data order, noise and the "
                    "training clips (the eval prompts and their noise stay fixed)")
-    r.add_argument("--threads", type=int, default=2, help="CPU threads (0 = torch's default)")
-    r.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda: trains and measures there")
+    machine(r)
     r.add_argument("--text-encoder", default="", help="a local copy of the text encoder (a machine without the "
                    "bundled one's package, e.g. scripts/text_encoder_copy.py's on a device machine)")
     r.add_argument("--prompts", type=int, default=200, help="eval prompts for the evaluator")
@@ -404,15 +407,15 @@ def main() -> None:
     m.add_argument("--flops", type=float, required=True, help="the DiT's training FLOPs (the table's FLOPs row)")
     m.add_argument("--steps", type=int, required=True, help="its training steps (the table's steps row)")
     m.add_argument("--root", default="runs/speedrun")
-    m.add_argument("--threads", type=int, default=2, help="CPU threads (0 = torch's default)")
-    m.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    machine(m)
     m.add_argument("--prompts", type=int, default=200, help="eval prompts for the evaluator")
     rv = sub.add_parser("revalue", help="recompute finished runs' val losses (with and without captions)")
     rv.add_argument("runs", nargs="+", help="run folders (ROOT/BUDGET-RECIPE, or measure's)")
-    rv.add_argument("--threads", type=int, default=2, help="CPU threads (0 = torch's default)")
-    rv.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    machine(rv)
     sub.add_parser("list", help="the recipes and what each changes")
     args = ap.parse_args()
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
     if args.cmd == "run":
         run(args)
     elif args.cmd == "table":
@@ -424,8 +427,9 @@ def main() -> None:
     elif args.cmd == "revalue":
         revalue(args)
     else:
+        width = max(map(len, RECIPES))
         for name, over in RECIPES.items():
-            print(f"{name:16s} {over or 'the protocol alone: videodit train without token routing'}")
+            print(f"{name:{width}s} {over or 'the protocol alone: videodit train without token routing'}")
 
 
 if __name__ == "__main__":
