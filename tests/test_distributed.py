@@ -1,6 +1,7 @@
 """Scale-out (videodit/train/distributed.py, the loop, the SP path of videodit/dit.py) on the CPU
 with gloo and two processes: the same loss curve as one process at the same global batch, FSDP2
-= DDP, sequence parallelism = one rank (forward and backward), save on 2 -> resume on 1, a killed
+= DDP, sequence parallelism = one rank (forward and backward), save on 2 -> resume on 1 and on 1 ->
+resume on 2 (with two learning-rate groups), a killed
 rank ends the job and a rerun resumes. The VAE trainer: 2 processes (DDP, FSDP2) follow one
 process's curve and resume on one; the divergence guard rolls sharded states back on every rank
 and a run that keeps diverging exits 2 on every rank; periodic samples under FSDP2 do not hang.
@@ -106,6 +107,19 @@ def test_save_on_two_resume_on_one_gives_the_same_next_steps(runs, tiny_vae, tmp
         assert "resumed from" in result.stdout and "at step 4" in result.stdout
     _assert_close(tmp_path / "one", tmp_path / "fsdp")
     assert (tmp_path / "fsdp" / "checkpoint.pt").is_file()  # one process writes the single-file format
+
+
+@pytest.mark.slow
+def test_one_process_checkpoint_resumes_under_fsdp_with_mup_learning_rates(tiny_vae, tmp_path):
+    """A one-process run with --mup-base-dim (two parameter groups) stopped at step 2 and resumed by
+    two FSDP2 processes follows the one-process run to step 4: the single-file optimizer state
+    lands on the right parameters of each group."""
+    mup = ("--mup-base-dim", "16")
+    _videodit(tmp_path / "one", tiny_vae, *mup)
+    _videodit(tmp_path / "fsdp", tiny_vae, *mup, steps=2)
+    result = _videodit(tmp_path / "fsdp", tiny_vae, *mup, "--parallel", "fsdp", procs=2)
+    assert "resumed from" in result.stdout and "at step 2" in result.stdout
+    _assert_close(tmp_path / "one", tmp_path / "fsdp")
 
 
 def test_corrupt_distributed_checkpoint_falls_back_to_the_previous(tmp_path):
