@@ -503,8 +503,9 @@ class DiTTask:
             return [{"params": [p for _, p in params], "lr_scale": 1.0}]
         hidden = {f"{name}.weight" for name, m in self.model.named_modules()
                   if isinstance(m, torch.nn.Linear) and name not in INPUT_LINEARS}
+        scale = self.cfg.mup_base_dim / self.model_cfg.dim
         return [{"params": [p for n, p in params if n not in hidden], "lr_scale": 1.0},
-                {"params": [p for n, p in params if n in hidden], "lr_scale": self.cfg.mup_base_dim / self.model_cfg.dim}]
+                {"params": [p for n, p in params if n in hidden], "lr_scale": scale}]
 
     def extra_modules(self) -> dict:
         return {}

@@ -230,10 +230,11 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float, ok: torch.Tensor 
 
 def make_optimizer(params: list[nn.Parameter] | list[dict], cfg: LoopSettings, device: torch.device,
                    sharded: bool) -> torch.optim.AdamW:
-    """AdamW over ``params`` (parameters, or groups of them: Task.lr_groups), fused (one kernel over all parameters; CPU and CUDA) unless the parameters are
-    FSDP shards, which take the foreach implementation. The fused kernel also skips a step on
-    the device when ``optimizer.found_inf`` is 1 (Run.train_step). cpu-medium on one CPU thread:
-    13 ms a step fused, 43 ms torch's default (a loop over the tensors), 79 ms foreach."""
+    """AdamW over ``params`` (parameters, or groups of them: Task.lr_groups), fused (one kernel
+    over all parameters; CPU and CUDA) unless the parameters are FSDP shards, which take the
+    foreach implementation. The fused kernel also skips a step on the device when
+    ``optimizer.found_inf`` is 1 (Run.train_step). cpu-medium on one CPU thread: 13 ms a step
+    fused, 43 ms torch's default (a loop over the tensors), 79 ms foreach."""
     fused = not sharded and device.type in ("cpu", "cuda")
     return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay,
                              fused=fused or None, foreach=None if fused else True)
