@@ -498,9 +498,9 @@ class DiTTask:
         hidden and output matrices at lr x B / dim (muP for Adam, Yang et al. 2022, Table 3): every
         Linear's weight but those of the layers that read the inputs (patches, text and timestep
         features, whose fan-in does not grow with the width)."""
-        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         if not self.cfg.mup_base_dim:
-            return [{"params": [p for _, p in params], "lr_scale": 1.0}]
+            return loop.one_lr_group(self.model)
+        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         hidden = {f"{name}.weight" for name, m in self.model.named_modules()
                   if isinstance(m, torch.nn.Linear) and name not in INPUT_LINEARS}
         scale = self.cfg.mup_base_dim / self.model_cfg.dim

@@ -228,6 +228,11 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float, ok: torch.Tensor 
             torch._foreach_copy_(buffers, list(model.buffers()))
 
 
+def one_lr_group(model: nn.Module) -> list[dict]:
+    """Task.lr_groups for one learning rate: every trainable parameter of ``model`` at scale 1."""
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}]
+
+
 def make_optimizer(params: list[nn.Parameter] | list[dict], cfg: LoopSettings, device: torch.device,
                    sharded: bool) -> torch.optim.AdamW:
     """AdamW over ``params`` (parameters, or groups of them: Task.lr_groups), fused (one kernel

@@ -432,7 +432,7 @@ class VAETask:
             self.anchor = VideoVAE.from_pretrained(cfg.init, device=device).eval().requires_grad_(False)
 
     def lr_groups(self) -> list[dict]:
-        return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr_scale": 1.0}]
+        return loop.one_lr_group(self.model)
 
     def extra_modules(self) -> dict:
         return {} if self.disc is None else {"disc": self.disc, "disc_opt": self.disc_opt}
