@@ -350,16 +350,17 @@ def test_min_snr_loss_weight_trains_resumes_exactly_and_changes_the_loss(tmp_pat
 
 def test_routing_is_on_by_default_where_it_applies():
     """--route unset: half of each frame's tokens masked from every block of a DiT of 6 or more blocks
-    trained whole on one process; off for shallower DiTs, --pack, --sp and --lora; --route 0 turns it
-    off and an explicit share and span win."""
+    trained whole on one process from scratch; off for shallower DiTs, --pack, --sp, --init (so
+    --lora too) and --route 0; an explicit share and span win, also with --init."""
     cfg = DiTTrainConfig()
     assert (cfg.route_loss, cfg.route_until) == ("kept", 0.9)
     assert route_plan(cfg, 8) == (0.5, (0, 8)) and route_plan(cfg, 12) == (0.5, (0, 12))
-    for off in ({}, {"pack": 2}, {"sp": 2}, {"lora": 4, "init": "bundled"}):
+    for off in ({}, {"pack": 2}, {"sp": 2}, {"init": "bundled"}, {"lora": 4, "init": "bundled"}):
         depth = 2 if not off else 8
         assert route_plan(DiTTrainConfig(**off), depth)[0] == 0.0
     assert route_plan(DiTTrainConfig(route=0.0), 8)[0] == 0.0
     assert route_plan(DiTTrainConfig(route=0.25, route_blocks=(2, 6)), 8) == (0.25, (2, 6))
+    assert route_plan(DiTTrainConfig(route=0.5, init="bundled"), 12) == (0.5, (0, 12))
     with pytest.raises(VideoditError, match="START < END <= 8"):
         route_plan(DiTTrainConfig(route=0.5, route_blocks=(4, 9)), 8)
 

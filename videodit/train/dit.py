@@ -117,10 +117,11 @@ class DiTTrainConfig:
     route: float | None = field(default=None, metadata={
         "help": "token routing: this fraction of each frame's tokens, drawn at random every step, skips the blocks "
                 "of --route-blocks and rejoins unchanged after them; sampling never routes. Unset: 0.5 for a DiT "
-                "of 6 or more blocks trained without --pack, --sp or --lora, else 0 (0 = off). With the defaults "
-                "of the route flags this is token-masked training (MaskDiT, Zheng et al. 2023: the routed tokens "
-                "meet no block and no loss), the winner of benchmarks/speedrun.py; TREAD (Krause et al. 2025) is "
-                "--route-blocks 2 DEPTH-2 --route-loss all --route-until 1",
+                "of 6 or more blocks trained from scratch without --pack or --sp, else 0 (0 = off; --init, and "
+                "so --lora, continues unmasked: masking the bundled DiT, trained without it, made it worse). "
+                "With the defaults of the route flags this is token-masked training (MaskDiT, Zheng et al. 2023: "
+                "the routed tokens meet no block and no loss), the winner of benchmarks/speedrun.py; TREAD "
+                "(Krause et al. 2025) is --route-blocks 2 DEPTH-2 --route-loss all --route-until 1",
         "min": 0, "max": 1, "max_exclusive": True, "group": "optimisation"})
     route_blocks: tuple[int, ...] = field(default=(), metadata={
         "help": "START END: the blocks START .. END-1 that --route skips (default: every block, 0 .. depth-1)",
@@ -339,11 +340,12 @@ def route_plan(cfg: DiTTrainConfig, depth: int) -> tuple[float, tuple[int, int]]
     """--route's share of tokens and the blocks START, END they skip, for a DiT of ``depth`` blocks.
     Unset, --route is AUTO_ROUTE (it won the fixed-budget speedrun, benchmarks/RESULTS.md) where it
     applies: a DiT of the size it was measured at (tiny test DiTs train plain), clips whole on one
-    process (no --pack, --sp) and full training (no --lora). Blocks: --route-blocks, or all."""
+    process (no --pack, --sp) and training from scratch (no --init: continuing the bundled DiT,
+    trained unmasked, with masking lost 0.17 on the evaluator). Blocks: --route-blocks, or all."""
     if cfg.route is not None:
         share = cfg.route
     else:
-        applies = depth >= AUTO_ROUTE_DEPTH and not (cfg.pack or cfg.sp > 1 or cfg.lora)
+        applies = depth >= AUTO_ROUTE_DEPTH and not (cfg.pack or cfg.sp > 1 or cfg.init)
         share = AUTO_ROUTE if applies else 0.0
     span = tuple(cfg.route_blocks) or (0, depth)
     if share and not 0 <= span[0] < span[1] <= depth:
