@@ -341,7 +341,7 @@ def route_plan(cfg: DiTTrainConfig, depth: int) -> tuple[float, tuple[int, int]]
     Unset, --route is AUTO_ROUTE (it won the fixed-budget speedrun, benchmarks/RESULTS.md) where it
     applies: a DiT of the size it was measured at (tiny test DiTs train plain), clips whole on one
     process (no --pack, --sp) and training from scratch (no --init: continuing the bundled DiT,
-    trained unmasked, with masking lost 0.17 on the evaluator). Blocks: --route-blocks, or all."""
+    trained unmasked, with masking lost 0.16 on the evaluator). Blocks: --route-blocks, or all."""
     if cfg.route is not None:
         share = cfg.route
     else:
