@@ -113,6 +113,18 @@ def test_without_a_bundled_model_generate_says_so(capsys, monkeypatch, tmp_path)
     assert "ships no trained text-to-video model" in capsys.readouterr().err
 
 
+def test_model_bundled_names_the_default_model(bundle, monkeypatch, tmp_path):
+    """`--model bundled` is the model used without --model, as in `videodit eval` and `train --init`."""
+    import videodit.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "BUNDLED", bundle)
+    clips = []
+    for name, extra in (("default.mp4", []), ("named.mp4", ["--model", "bundled"])):
+        assert main(["generate", "a red ball", "-o", str(tmp_path / name), "--steps", "1", *extra]) == 0
+        clips.append(read_video(tmp_path / name).frames)
+    assert np.array_equal(*clips)
+
+
 def test_guidance_interval_flag_reaches_the_sampler(bundle, tmp_path):
     """--guidance-interval changes the video (guidance skipped at some steps) and 0 1 is plain guidance."""
     def clip(name, *extra):

@@ -64,7 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "sampler names it; --solver euler --steps 30 samples its full model with two-pass guidance)")
     p.add_argument("--seed", type=number(int, min=0), default=0, help="noise seed (same seed, same video; default 0)")
     p.add_argument("--negative", default="", help="negative prompt: what the video should not show")
-    p.add_argument("--model", type=existing("dir"), help="model bundle folder (default: the bundled model)")
+    p.add_argument("--model", type=existing("dir", words=("bundled",)),
+                   help="model bundle folder, or 'bundled' (default: the bundled model)")
     p.add_argument("--lora", type=existing(), metavar="ADAPTER", help="LoRA adapters trained on the model's DiT "
                    "(`videodit train --lora R` writes OUT/lora/; the folder or its model.safetensors)")
     p.add_argument("--lora-scale", type=number(float, min=0), default=1.0,

@@ -104,11 +104,11 @@ class Pipeline:
     @classmethod
     def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu", *,
              lora: str | Path | None = None, lora_scale: float = 1.0, compile: bool = False) -> Pipeline:
-        """The bundle at ``path`` (default: the bundled model); ``lora``: LoRA adapters trained on its
+        """The bundle at ``path`` (default, or 'bundled': the bundled model); ``lora``: LoRA adapters trained on its
         DiT (`videodit train --lora`, videodit/lora.py), their update scaled by ``lora_scale``;
         ``compile``: the DiT through ``torch.compile`` (its first call per shape compiles; pays for
         long runs and large models, on a GPU above all)."""
-        path = BUNDLED if path is None else Path(path)
+        path = BUNDLED if path in (None, "bundled") else Path(path)
         if path == BUNDLED and not (path / "dit").is_dir():
             raise VideoditError("this version of videodit ships no trained text-to-video model yet (see "
                                 "docs/STATUS.md); pass --model PATH with a bundle made by `videodit train`")

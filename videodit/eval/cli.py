@@ -104,7 +104,7 @@ def generate_for_eval(args: argparse.Namespace) -> None:
     folder = Path(args.videos or "eval_videos")
     folder.mkdir(parents=True, exist_ok=True)
     size = args.size
-    pipe = Pipeline.load(None if args.model == "bundled" else args.model, lora=args.lora)
+    pipe = Pipeline.load(args.model, lora=args.lora)
     for i, prompt in enumerate(tqdm(prompts, desc="generate", unit="video")):
         video = pipe(prompt, steps=args.steps, guidance=args.guidance, seed=args.seed + i, size=size,
                      frames=args.frames, guidance_interval=args.guidance_interval, solver=args.solver)
