@@ -104,8 +104,8 @@ class Pipeline:
     @classmethod
     def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu", *,
              lora: str | Path | None = None, lora_scale: float = 1.0, compile: bool = False) -> Pipeline:
-        """The bundle at ``path`` (default, or 'bundled': the bundled model); ``lora``: LoRA adapters trained on its
-        DiT (`videodit train --lora`, videodit/lora.py), their update scaled by ``lora_scale``;
+        """The bundle at ``path`` (default, or 'bundled': the bundled model); ``lora``: LoRA adapters
+        trained on its DiT (`videodit train --lora`, videodit/lora.py), their update scaled by ``lora_scale``;
         ``compile``: the DiT through ``torch.compile`` (its first call per shape compiles; pays for
         long runs and large models, on a GPU above all)."""
         path = BUNDLED if path in (None, "bundled") else Path(path)
