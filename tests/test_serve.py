@@ -106,6 +106,19 @@ def decode(data: bytes):
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
+def test_models_are_named_by_folder_or_name_and_bundled_is_the_shipped_one(bundle, tmp_path, monkeypatch):
+    import videodit.pipeline as pipeline
+    from videodit.errors import VideoditError
+    from videodit.serve.app import load_models
+
+    monkeypatch.setattr(pipeline, "BUNDLED", bundle)  # the tiny bundle stands in for the shipped one
+    pipes = load_models(ServeConfig(data=str(tmp_path), model=("bundled", f"mine={bundle}")))
+    assert list(pipes) == ["bundled", "mine"]
+    assert list(load_models(ServeConfig(data=str(tmp_path)))) == ["videodit"]
+    with pytest.raises(VideoditError, match="two models named 'mine'"):
+        load_models(ServeConfig(data=str(tmp_path), model=(f"mine={bundle}", f"mine={bundle}")))
+
+
 def test_create_poll_download_list_remix_delete(served):
     base, _ = served
     c = client(base)
