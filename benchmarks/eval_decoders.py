@@ -38,7 +38,7 @@ def main() -> None:
     from videodit.eval.sampling import eval_prompts
     from videodit.vae import VideoVAE
 
-    pipe = Pipeline.load(None if args.model == "bundled" else args.model)
+    pipe = Pipeline.load(args.model)
     own = pipe.vae.cfg
     vaes = {"bundle": pipe.vae}
     for path in args.vaes:

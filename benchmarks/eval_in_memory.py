@@ -52,7 +52,7 @@ def main() -> None:
     from videodit.world.scene import parse_size
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    pipe = Pipeline.load(None if args.model == "bundled" else args.model, device=device)
+    pipe = Pipeline.load(args.model, device=device)
     if args.shift is not None:
         pipe.config = dataclasses.replace(pipe.config, sampler=dataclasses.replace(pipe.config.sampler, shift=args.shift))
     size = parse_size(args.size, name="size") if args.size else pipe.config.size
