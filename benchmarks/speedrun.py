@@ -148,8 +148,9 @@ def step_flops(cfg) -> int:
     return counter.get_total_flops()
 
 
-def train_config(name: str, budget: str, out: Path, seed: int = 0, **run_settings):
-    """The recipe's DiTTrainConfig with the steps its budget buys, and its mean FLOPs a step."""
+def recipe_config(name: str, budget: str, out: Path, seed: int = 0, **run_settings):
+    """The recipe's DiTTrainConfig under the budget's protocol, at one step (``train_config`` sets
+    the steps)."""
     from videodit.dit import PRESETS
     from videodit.train.dit import DiTTrainConfig
     over = {**recipe_overrides(name, budget), "seed": seed}
@@ -159,7 +160,12 @@ def train_config(name: str, budget: str, out: Path, seed: int = 0, **run_setting
     start = min(2, depth - 1)
     spans = {"all": (0, depth), "middle": (start, max(start + 1, depth - 2))}  # middle: 2 .. depth-3
     over["route_blocks"] = spans.get(over.get("route_blocks"), over.get("route_blocks", ()))
-    cfg = DiTTrainConfig(out=str(out), steps=1, **over, **run_settings)
+    return DiTTrainConfig(out=str(out), steps=1, **over, **run_settings)
+
+
+def train_config(name: str, budget: str, out: Path, seed: int = 0, **run_settings):
+    """The recipe's DiTTrainConfig with the steps its budget buys, and its mean FLOPs a step."""
+    cfg = recipe_config(name, budget, out, seed, **run_settings)
     flops = step_flops(cfg)
     if cfg.route and cfg.route_until < 1:  # routed steps first, then plain ones
         flops = cfg.route_until * flops + (1 - cfg.route_until) * step_flops(dataclasses.replace(cfg, route=0.0))

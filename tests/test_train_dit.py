@@ -397,3 +397,22 @@ def test_mup_learning_rates_scale_the_width_reading_weights_and_resume_exactly(t
         train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, steps=6))
     with pytest.raises(VideoditError, match="--mup-base-dim .* --lora"):
         DiTTrainConfig(mup_base_dim=64, lora=4, init="bundled").check()
+
+
+def test_dim_trains_the_preset_at_another_width_with_its_depth_and_head_width(tmp_path, tiny_vae):
+    """--dim W: the preset's DiT at width W (heads = W / the preset's head width, the same depth), saved
+    so that the bundle loads at that width; a width that splits no whole head, or --dim on --init's
+    architecture, is a clear error."""
+    import json
+
+    from videodit.dit import PRESETS as DIT_PRESETS
+    from videodit.pipeline import Pipeline
+
+    bundle = train_dit(dit_train_cfg(tmp_path / "a", tiny_vae, steps=1, dim=32))  # tiny: width 64, 2 heads of 32
+    saved = json.loads((bundle / "dit" / "config.json").read_text())
+    assert (saved["dim"], saved["heads"], saved["depth"]) == (32, 1, DIT_PRESETS["tiny"].depth)
+    assert Pipeline.load(bundle, device="cpu").dit.config.dim == 32
+    with pytest.raises(VideoditError, match="--dim 48: must be a multiple of the preset's head width 32"):
+        train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, dim=48))
+    with pytest.raises(VideoditError, match="--dim 32 changes the architecture --init"):
+        DiTTrainConfig(dim=32, init="bundled").check()

@@ -34,7 +34,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -74,6 +74,10 @@ class DiTTrainConfig:
     preset: str = field(default="", metadata={
         "help": "DiT size preset (videodit.dit.PRESETS); empty = --init's architecture, or cpu-small without "
                 "--init", "group": "run"})
+    dim: int = field(default=0, metadata={
+        "help": "the DiT's width instead of the preset's, with the preset's depth and head width (heads = DIM / "
+                "head width): tune a recipe on a narrow DiT, e.g. with --mup-base-dim, then train the preset. "
+                "0 = the preset's width", "min": 0, "group": "run"})
     out: str = field(default="runs/dit", metadata={
         "help": "output folder (checkpoint.pt, logs, samples, bundle/)", "group": "output/checkpoints"})
     vae: str = field(default="", metadata={
@@ -235,6 +239,9 @@ class DiTTrainConfig:
                                         f"durations, already encoded): {flag} does not go with it")
         if self.preset and self.preset not in PRESETS:
             raise VideoditError(f"--preset {self.preset!r}: unknown; choose one of {', '.join(PRESETS)}")
+        if self.dim and self.init and not self.preset:
+            raise VideoditError(f"--dim {self.dim} changes the architecture --init {self.init} loads: give --preset "
+                                "too (a DiT trained from scratch), or leave --dim out")
         if len(self.cond_mix) != len(COND_MODES) or sum(self.cond_mix) <= 0:
             raise VideoditError(f"--cond-mix {self.cond_mix}: need {len(COND_MODES)} non-negative odds "
                                 f"({', '.join(COND_MODES)}), not all zero")
@@ -679,8 +686,17 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
 def model_config(cfg: DiTTrainConfig, latent_channels: int, text_dim: int) -> DiTConfig:
     """--preset's DiT for this VAE and text encoder; without --preset, --init's, or cpu-small."""
     if cfg.preset or not cfg.init:
-        return DiTConfig.preset(cfg.preset or DEFAULT_PRESET, in_channels=latent_channels, text_dim=text_dim)
+        base = DiTConfig.preset(cfg.preset or DEFAULT_PRESET, in_channels=latent_channels, text_dim=text_dim)
+        return with_width(base, cfg.dim) if cfg.dim else base
     return read_bundle_config(DiTConfig, init_folder(cfg.init), "DiT")
+
+
+def with_width(base: DiTConfig, dim: int) -> DiTConfig:
+    """``base`` at width ``dim``: its depth and head width kept, the heads dim / head width."""
+    if dim % base.head_dim:
+        raise VideoditError(f"--dim {dim}: must be a multiple of the preset's head width {base.head_dim} "
+                            f"(its dim {base.dim} / {base.heads} heads)")
+    return replace(base, dim=dim, heads=dim // base.head_dim)
 
 
 def init_folder(bundle: str) -> Path:

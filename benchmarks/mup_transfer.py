@@ -1,0 +1,149 @@
+"""Does a learning rate tuned on a narrow DiT carry over to a wide one? muP against one learning rate.
+
+    PYTHONPATH=. python benchmarks/mup_transfer.py --widths 64 256 --threads 1 --params standard &
+    PYTHONPATH=. python benchmarks/mup_transfer.py --widths 256 --threads 1 --params mup   # side by side
+    PYTHONPATH=. python benchmarks/mup_transfer.py --widths 64 256                  # then: the table
+    PYTHONPATH=. python benchmarks/mup_transfer.py --quick                          # a smoke test, ~1 min
+
+Every cell trains the speedrun protocol's default recipe (benchmarks/speedrun.py "masked-batch-4":
+cpu-small's depth 8 and head width 64, batch 4 SynthWorld clips of 64x64x17 through the bundled
+VAE, half of the tokens masked in the first 90 % of the steps) from scratch at ``--dim`` W for
+``--steps`` steps (the same seed, clips, noise and schedule in every cell: 5 % warm-up, cosine to
+lr/10), at each peak learning rate of ``--lrs``, in two parametrisations:
+  - standard: one learning rate for every weight (``videodit train``'s default);
+  - mup: ``--mup-base-dim BASE``, the weight matrices that read the width at lr x BASE / W, the
+    input layers, biases, gains and modulation tables at lr (at W = BASE the same run as standard).
+The EMA decay is 0.99 (not 0.999) so that the weights measured are the last few hundred steps', at
+this short horizon. Each cell's measure is speedrun's val loss (128 eval-split clips, 8 fixed
+timesteps, fixed noise) in ROOT/w<W>-<param>-lr<lr>/result.json; finished cells are not trained
+again, so two processes with different ``--widths`` / ``--params`` split the grid between the
+cores, and a last call prints the table. The latent caches are speedrun's (ROOT's parent folder).
+
+The table: val loss per width, parametrisation and lr, the best lr of each row, and what carrying
+the narrowest width's best lr to each wider one costs against that width's own best on the grid
+(its val loss minus the row's minimum: 0 = the lr transferred). Last line:
+    SUMMARY base_lr=<best at the narrowest width> standard_lr=<best, widest> mup_lr=<best, widest>
+    standard_cost=<transfer cost, widest> mup_cost=<...>
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import speedrun  # noqa: E402
+
+RECIPE = "masked-batch-4"
+PARAMS = ("standard", "mup")
+
+
+def cell_dir(root: Path, width: int, param: str, lr: float) -> Path:
+    return root / f"w{width}-{param}-lr{lr:g}"
+
+
+def train_cell(args, width: int, param: str, lr: float) -> dict:
+    """One (width, parametrisation, lr) cell: train, then measure the EMA model's val loss."""
+    from videodit.device import pick_device
+    from videodit.pipeline import Pipeline
+    from videodit.train.dit import train_dit
+    root, out = Path(args.root), cell_dir(Path(args.root), width, param, lr)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = speedrun.recipe_config(RECIPE, args.budget, out, threads=args.threads, device=args.device)
+    cfg = dataclasses.replace(cfg, dim=width, lr=lr, mup_base_dim=args.base if param == "mup" else 0,
+                              steps=args.steps, warmup_steps=args.steps // 20, ema_decay=0.99, log_every=100)
+    print(f"cell width {width}, {param}, lr {lr:g}: {args.steps} steps", flush=True)
+    speedrun.link_cache(cfg, root.parent, keep=False)
+    t0 = time.time()
+    train_dit(cfg)
+    train_s = time.time() - t0
+    speedrun.link_cache(cfg, root.parent, keep=True)
+    pipe = Pipeline.load(out / "bundle", device=str(pick_device(args.device)))
+    result = {"width": width, "param": param, "lr": lr, "base": args.base, "steps": args.steps,
+              "recipe": RECIPE, "budget": args.budget, "depth": pipe.dit.config.depth,
+              "head_dim": pipe.dit.config.head_dim,
+              "train_s": round(train_s, 1),
+              **speedrun.val_losses(pipe, speedrun.val_cache(pipe, root.parent))}
+    (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"RESULT width {width} {param} lr {lr:g}: val loss {result['val_loss']:.4f} ({train_s:.0f} s)", flush=True)
+    return result
+
+
+def cell(args, width: int, param: str, lr: float) -> dict:
+    """The cell's result: read when done (at the base width, mup is the standard run), else trained."""
+    if param == "mup" and width == args.base:
+        param = "standard"
+    done = cell_dir(Path(args.root), width, param, lr) / "result.json"
+    if done.exists():
+        result = json.loads(done.read_text())
+        if result["steps"] != args.steps or result["budget"] != args.budget:
+            raise SystemExit(f"{done}: trained for {result['steps']} steps ({result['budget']}), not "
+                             f"{args.steps} ({args.budget}): give another --root")
+        return result
+    return train_cell(args, width, param, lr)
+
+
+def table(args, losses: dict, shape: dict) -> None:
+    """Markdown table of val losses, each row's best lr, the transfer cost, and the SUMMARY line."""
+    narrow, wide = min(args.widths), max(args.widths)
+    best = {row: min(args.lrs, key=lambda lr: vals[lr]) for row, vals in losses.items()}
+    base_lr = best[(narrow, "standard")]
+    print(f"\nval loss after {args.steps} steps ({RECIPE}, depth {shape['depth']}, head width "
+          f"{shape['head_dim']}; muP base width {args.base})\n")
+    print("| width | learning rates | " + " | ".join(f"{lr:g}" for lr in args.lrs) + " | best lr | cost of "
+          f"lr {base_lr:g} |\n|---|---|" + "---|" * (len(args.lrs) + 2))
+    cost = {}
+    for (width, param), vals in losses.items():
+        cost[(width, param)] = vals[base_lr] - vals[best[(width, param)]]
+        cells = " | ".join(f"**{v:.4f}**" if lr == best[(width, param)] else f"{v:.4f}" for lr, v in vals.items())
+        print(f"| {width} | {param} | {cells} | {best[(width, param)]:g} | {cost[(width, param)]:+.4f} |")
+    print(f"\nSUMMARY base_lr={base_lr:g} standard_lr={best[(wide, 'standard')]:g} mup_lr={best[(wide, 'mup')]:g} "
+          f"standard_cost={cost[(wide, 'standard')]:.4f} mup_cost={cost[(wide, 'mup')]:.4f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--widths", type=int, nargs="+", default=[64, 256], help="DiT widths (multiples of 64); the "
+                    "narrowest is where the lr is tuned")
+    ap.add_argument("--lrs", type=float, nargs="+", default=[5e-4, 1e-3, 2e-3, 4e-3, 8e-3],
+                    help="peak learning rates of the sweep")
+    ap.add_argument("--params", nargs="+", choices=PARAMS, default=list(PARAMS),
+                    help="parametrisations to train (the table needs both)")
+    ap.add_argument("--base", type=int, default=64, help="muP's base width (--mup-base-dim)")
+    ap.add_argument("--steps", type=int, default=1500, help="training steps of every cell")
+    ap.add_argument("--root", default="runs/speedrun/mup-transfer", help="cells go to ROOT/w<W>-<param>-lr<lr>")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (0 = torch's default)")
+    ap.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    ap.add_argument("--quick", action="store_true", help="smoke test: the tiny preset's head width (32) at "
+                    "widths 32 and 64, 2 lrs, 4 steps, 16 cached clips")
+    args = ap.parse_args()
+    args.budget = "quick" if args.quick else "cpu"
+    if args.quick:
+        args.widths, args.lrs, args.base, args.steps = [32, 64], [1e-3, 4e-3], 32, 4
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if set(args.params) == set(PARAMS) and args.base != min(args.widths):
+        raise SystemExit(f"--base {args.base}: must be the narrowest of --widths {args.widths}: the width the lr "
+                         "is tuned at, where muP and standard are the same run")
+    losses, shape = {}, {}
+    for width in sorted(args.widths):
+        for param in PARAMS:
+            if param in args.params or (param == "mup" and width == args.base):
+                results = [cell(args, width, param, lr) for lr in args.lrs]
+                losses[(width, param)] = {r["lr"]: r["val_loss"] for r in results}
+                shape = results[0]
+    if set(args.params) == set(PARAMS):
+        table(args, losses, shape)
+
+
+if __name__ == "__main__":
+    main()
