@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -56,6 +57,7 @@ def train_cell(args, width: int, param: str, lr: float) -> dict:
     from videodit.device import pick_device
     from videodit.pipeline import Pipeline
     from videodit.train.dit import train_dit
+    from videodit.train.loop import MAX_ROLLBACKS, TrainingDiverged
     root, out = Path(args.root), cell_dir(Path(args.root), width, param, lr)
     out.mkdir(parents=True, exist_ok=True)
     cfg = speedrun.recipe_config(RECIPE, args.budget, out, threads=args.threads, device=args.device)
@@ -63,16 +65,21 @@ def train_cell(args, width: int, param: str, lr: float) -> dict:
                               steps=args.steps, warmup_steps=args.steps // 20, ema_decay=0.99, log_every=100)
     print(f"cell width {width}, {param}, lr {lr:g}: {args.steps} steps", flush=True)
     speedrun.link_cache(cfg, root.parent, keep=False)
-    t0 = time.time()
-    train_dit(cfg)
-    train_s = time.time() - t0
-    speedrun.link_cache(cfg, root.parent, keep=True)
-    pipe = Pipeline.load(out / "bundle", device=str(pick_device(args.device)))
     result = {"width": width, "param": param, "lr": lr, "base": args.base, "steps": args.steps,
-              "recipe": RECIPE, "budget": args.budget, "depth": pipe.dit.config.depth,
-              "head_dim": pipe.dit.config.head_dim,
-              "train_s": round(train_s, 1),
-              **speedrun.val_losses(pipe, speedrun.val_cache(pipe, root.parent))}
+              "recipe": RECIPE, "budget": args.budget}
+    t0 = time.time()
+    try:
+        train_dit(cfg)
+    except TrainingDiverged as e:  # the guard gave up: this lr is too high at this width
+        result |= {"val_loss": math.inf, "diverged": str(e), "rollbacks": MAX_ROLLBACKS + 1}
+    else:
+        speedrun.link_cache(cfg, root.parent, keep=True)
+        pipe = Pipeline.load(out / "bundle", device=str(pick_device(args.device)))
+        guard = torch.load(out / "checkpoint.pt", weights_only=True, map_location="cpu")["extra"]["guard"]
+        result |= {"depth": pipe.dit.config.depth, "head_dim": pipe.dit.config.head_dim,
+                   "rollbacks": guard["rollbacks"], **speedrun.val_losses(pipe, speedrun.val_cache(pipe, root.parent))}
+    train_s = time.time() - t0
+    result["train_s"] = round(train_s, 1)
     (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"RESULT width {width} {param} lr {lr:g}: val loss {result['val_loss']:.4f} ({train_s:.0f} s)", flush=True)
     return result
@@ -92,7 +99,15 @@ def cell(args, width: int, param: str, lr: float) -> dict:
     return train_cell(args, width, param, lr)
 
 
-def table(args, losses: dict, shape: dict) -> None:
+def shown(loss: float, best: bool, rollbacks: int) -> str:
+    """A table cell: the val loss (bold for the row's best), the guard's rollbacks, or 'diverged'."""
+    if math.isinf(loss):
+        return "diverged"
+    cell = f"**{loss:.4f}**" if best else f"{loss:.4f}"
+    return cell + (f" ({rollbacks})" if rollbacks else "")
+
+
+def table(args, losses: dict, rollbacks: dict, shape: dict) -> None:
     """Markdown table of val losses, each row's best lr, the transfer cost, and the SUMMARY line."""
     narrow, wide = min(args.widths), max(args.widths)
     best = {row: min(args.lrs, key=lambda lr: vals[lr]) for row, vals in losses.items()}
@@ -104,8 +119,11 @@ def table(args, losses: dict, shape: dict) -> None:
     cost = {}
     for (width, param), vals in losses.items():
         cost[(width, param)] = vals[base_lr] - vals[best[(width, param)]]
-        cells = " | ".join(f"**{v:.4f}**" if lr == best[(width, param)] else f"{v:.4f}" for lr, v in vals.items())
+        row = rollbacks[(width, param)]
+        cells = " | ".join(shown(v, lr == best[(width, param)], row[lr]) for lr, v in vals.items())
         print(f"| {width} | {param} | {cells} | {best[(width, param)]:g} | {cost[(width, param)]:+.4f} |")
+    if any(n for row in rollbacks.values() for n in row.values()):
+        print("\n(n): the divergence guard rolled back n times, each halving the lr; diverged: it gave up")
     print(f"\nSUMMARY base_lr={base_lr:g} standard_lr={best[(wide, 'standard')]:g} mup_lr={best[(wide, 'mup')]:g} "
           f"standard_cost={cost[(wide, 'standard')]:.4f} mup_cost={cost[(wide, 'mup')]:.4f}")
 
@@ -134,15 +152,16 @@ def main() -> None:
     if set(args.params) == set(PARAMS) and args.base != min(args.widths):
         raise SystemExit(f"--base {args.base}: must be the narrowest of --widths {args.widths}: the width the lr "
                          "is tuned at, where muP and standard are the same run")
-    losses, shape = {}, {}
+    losses, rollbacks, shape = {}, {}, {}
     for width in sorted(args.widths):
         for param in PARAMS:
             if param in args.params or (param == "mup" and width == args.base):
                 results = [cell(args, width, param, lr) for lr in args.lrs]
                 losses[(width, param)] = {r["lr"]: r["val_loss"] for r in results}
-                shape = results[0]
+                rollbacks[(width, param)] = {r["lr"]: r.get("rollbacks", 0) for r in results}
+                shape = next((r for r in results if "depth" in r), shape)
     if set(args.params) == set(PARAMS):
-        table(args, losses, shape)
+        table(args, losses, rollbacks, shape)
 
 
 if __name__ == "__main__":

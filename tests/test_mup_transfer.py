@@ -44,3 +44,38 @@ def test_quick_sweep_trains_each_cell_once_and_tabulates_the_transfer(tmp_path):
     # A base width that is not the narrowest cannot anchor the transfer table.
     rc, _, err = mup_transfer("--widths", "64", "256", "--base", "256", "--root", str(root), cwd=tmp_path)
     assert rc != 0 and "--base 256: must be the narrowest" in err
+
+
+def test_a_cell_the_guard_gives_up_on_is_recorded_as_diverged(tmp_path, monkeypatch, capsys):
+    """A learning rate too high for a width ends in TrainingDiverged: the cell is kept as diverged
+    (not retrained, not a crash of the sweep) and the table says so, as it names rollbacks."""
+    import argparse
+    import importlib.util
+    import math
+
+    import videodit.train.dit
+    from videodit.train.loop import TrainingDiverged
+
+    spec = importlib.util.spec_from_file_location("mup_transfer", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def diverge(cfg):
+        raise TrainingDiverged("loss nan at step 3, after 4 rollbacks")
+    monkeypatch.setattr(videodit.train.dit, "train_dit", diverge)
+    args = argparse.Namespace(root=str(tmp_path / "speedrun" / "mup"), budget="quick", threads=1, device="cpu",
+                              base=32, steps=4, widths=[32, 64], lrs=[1e-3, 4e-3])
+    result = module.cell(args, 64, "mup", 4e-3)
+    assert math.isinf(result["val_loss"]) and "rollbacks" in result["diverged"]
+    assert math.isinf(module.cell(args, 64, "mup", 4e-3)["val_loss"])  # read back, not trained again
+    losses = {(32, "standard"): {1e-3: 0.9, 4e-3: 0.8}, (32, "mup"): {1e-3: 0.9, 4e-3: 0.8},
+              (64, "standard"): {1e-3: 0.7, 4e-3: 0.75}, (64, "mup"): {1e-3: 0.6, 4e-3: math.inf}}
+    rollbacks = {row: {1e-3: 0, 4e-3: 0} for row in losses}
+    rollbacks[(64, "standard")][4e-3] = 2
+    module.table(args, losses, rollbacks, {"depth": 2, "head_dim": 32})
+    out = capsys.readouterr().out
+    assert "| 64 | mup | **0.6000** | diverged | 0.001 | +inf |" in out
+    assert "| 64 | standard | **0.7000** | 0.7500 (2) | 0.001 | +0.0500 |" in out
+    assert "rolled back n times" in out
+    assert out.splitlines()[-1] == ("SUMMARY base_lr=0.004 standard_lr=0.001 mup_lr=0.001 standard_cost=0.0500 "
+                                    "mup_cost=inf")
