@@ -57,7 +57,7 @@ def _rows():
         ("--sample-guidance", ["nan"]), ("--sample-guidance-interval", ["0 2"]), ("--tokens-per-batch", ["-1"]),
         ("--latent-cache", ["-1"]), ("--max-minutes", ["nan", "-1"]), ("--pack", ["-1"]),
         ("--vae", [MISSING]), ("--init", [MISSING]), ("--data", [MISSING]), ("--lora", ["-1", "x"]),
-        ("--lora-alpha", ["-1", "nan"]),
+        ("--lora-alpha", ["-1", "nan"]), ("--dim", ["-1", "x"]),
     ]
     train_vae = [
         ("--steps", ["-1"]), ("--max-minutes", ["-1"]), ("--batch-size", ["0"]), ("--lr", ["nan", "-1"]),

@@ -242,6 +242,8 @@ class DiTTrainConfig:
         if self.dim and self.init and not self.preset:
             raise VideoditError(f"--dim {self.dim} changes the architecture --init {self.init} loads: give --preset "
                                 "too (a DiT trained from scratch), or leave --dim out")
+        if self.dim:
+            with_width(PRESETS[self.preset or DEFAULT_PRESET], self.dim)  # a whole number of heads
         if len(self.cond_mix) != len(COND_MODES) or sum(self.cond_mix) <= 0:
             raise VideoditError(f"--cond-mix {self.cond_mix}: need {len(COND_MODES)} non-negative odds "
                                 f"({', '.join(COND_MODES)}), not all zero")
