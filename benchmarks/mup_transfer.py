@@ -15,9 +15,10 @@ lr/10), at each peak learning rate of ``--lrs``, in two parametrisations:
     input layers, biases, gains and modulation tables at lr (at W = BASE the same run as standard).
 The EMA decay is 0.99 (not 0.999) so that the weights measured are the last few hundred steps', at
 this short horizon. Each cell's measure is speedrun's val loss (128 eval-split clips, 8 fixed
-timesteps, fixed noise) in ROOT/w<W>-<param>-lr<lr>/result.json; finished cells are not trained
-again, so two processes with different ``--widths`` / ``--params`` split the grid between the
-cores, and a last call prints the table. The latent caches are speedrun's (ROOT's parent folder).
+timesteps, fixed noise) in ROOT/w<W>-<param>-lr<lr>/result.json (-s<SEED> for a ``--seed``
+replicate); finished cells are not trained again, so two processes with different ``--widths`` /
+``--params`` split the grid between the cores, and a last call prints the table. The latent
+caches are speedrun's (ROOT's parent folder).
 
 The table: val loss per width, parametrisation and lr, the best lr of each row, and what carrying
 the narrowest width's best lr to each wider one costs against that width's own best on the grid
@@ -48,8 +49,8 @@ RECIPE = "masked-batch-4"
 PARAMS = ("standard", "mup")
 
 
-def cell_dir(root: Path, width: int, param: str, lr: float) -> Path:
-    return root / f"w{width}-{param}-lr{lr:g}"
+def cell_dir(root: Path, width: int, param: str, lr: float, seed: int = 0) -> Path:
+    return root / (f"w{width}-{param}-lr{lr:g}" + (f"-s{seed}" if seed else ""))
 
 
 def train_cell(args, width: int, param: str, lr: float) -> dict:
@@ -58,14 +59,14 @@ def train_cell(args, width: int, param: str, lr: float) -> dict:
     from videodit.pipeline import Pipeline
     from videodit.train.dit import train_dit
     from videodit.train.loop import MAX_ROLLBACKS, TrainingDiverged
-    root, out = Path(args.root), cell_dir(Path(args.root), width, param, lr)
+    root, out = Path(args.root), cell_dir(Path(args.root), width, param, lr, args.seed)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = speedrun.recipe_config(RECIPE, args.budget, out, threads=args.threads, device=args.device)
+    cfg = speedrun.recipe_config(RECIPE, args.budget, out, seed=args.seed, threads=args.threads, device=args.device)
     cfg = dataclasses.replace(cfg, dim=width, lr=lr, mup_base_dim=args.base if param == "mup" else 0,
                               steps=args.steps, warmup_steps=args.steps // 20, ema_decay=0.99, log_every=100)
     print(f"cell width {width}, {param}, lr {lr:g}: {args.steps} steps", flush=True)
     speedrun.link_cache(cfg, root.parent, keep=False)
-    result = {"width": width, "param": param, "lr": lr, "base": args.base, "steps": args.steps,
+    result = {"width": width, "param": param, "lr": lr, "seed": args.seed, "base": args.base, "steps": args.steps,
               "recipe": RECIPE, "budget": args.budget}
     t0 = time.time()
     try:
@@ -89,7 +90,7 @@ def cell(args, width: int, param: str, lr: float) -> dict:
     """The cell's result: read when done (at the base width, mup is the standard run), else trained."""
     if param == "mup" and width == args.base:
         param = "standard"
-    done = cell_dir(Path(args.root), width, param, lr) / "result.json"
+    done = cell_dir(Path(args.root), width, param, lr, args.seed) / "result.json"
     if done.exists():
         result = json.loads(done.read_text())
         if result["steps"] != args.steps or result["budget"] != args.budget:
@@ -112,8 +113,8 @@ def table(args, losses: dict, rollbacks: dict, shape: dict) -> None:
     narrow, wide = min(args.widths), max(args.widths)
     best = {row: min(args.lrs, key=lambda lr: vals[lr]) for row, vals in losses.items()}
     base_lr = best[(narrow, "standard")]
-    print(f"\nval loss after {args.steps} steps ({RECIPE}, depth {shape['depth']}, head width "
-          f"{shape['head_dim']}; muP base width {args.base})\n")
+    print(f"\nval loss after {args.steps} steps, seed {args.seed} ({RECIPE}, depth {shape['depth']}, "
+          f"head width {shape['head_dim']}; muP base width {args.base})\n")
     print("| width | learning rates | " + " | ".join(f"{lr:g}" for lr in args.lrs) + " | best lr | cost of "
           f"lr {base_lr:g} |\n|---|---|" + "---|" * (len(args.lrs) + 2))
     cost = {}
@@ -138,6 +139,8 @@ def main() -> None:
                     help="parametrisations to train (the table needs both)")
     ap.add_argument("--base", type=int, default=64, help="muP's base width (--mup-base-dim)")
     ap.add_argument("--steps", type=int, default=1500, help="training steps of every cell")
+    ap.add_argument("--seed", type=int, default=0, help="a replicate: another init, clip order, noise and "
+                    "training clips in every cell (cells go to ...-s<SEED>)")
     ap.add_argument("--root", default="runs/speedrun/mup-transfer", help="cells go to ROOT/w<W>-<param>-lr<lr>")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (0 = torch's default)")
     ap.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")

@@ -64,7 +64,7 @@ def test_a_cell_the_guard_gives_up_on_is_recorded_as_diverged(tmp_path, monkeypa
         raise TrainingDiverged("loss nan at step 3, after 4 rollbacks")
     monkeypatch.setattr(videodit.train.dit, "train_dit", diverge)
     args = argparse.Namespace(root=str(tmp_path / "speedrun" / "mup"), budget="quick", threads=1, device="cpu",
-                              base=32, steps=4, widths=[32, 64], lrs=[1e-3, 4e-3])
+                              base=32, steps=4, widths=[32, 64], lrs=[1e-3, 4e-3], seed=0)
     result = module.cell(args, 64, "mup", 4e-3)
     assert math.isinf(result["val_loss"]) and "rollbacks" in result["diverged"]
     assert math.isinf(module.cell(args, 64, "mup", 4e-3)["val_loss"])  # read back, not trained again
