@@ -1,8 +1,8 @@
 """Does a learning rate tuned on a narrow DiT carry over to a wide one? muP against one learning rate.
 
-    PYTHONPATH=. python benchmarks/mup_transfer.py --widths 64 256 --threads 1 --params standard &
-    PYTHONPATH=. python benchmarks/mup_transfer.py --widths 256 --threads 1 --params mup   # side by side
-    PYTHONPATH=. python benchmarks/mup_transfer.py --widths 64 256                  # then: the table
+    PYTHONPATH=. python benchmarks/mup_transfer.py --widths 64 128 256 --threads 1 --params standard &
+    PYTHONPATH=. python benchmarks/mup_transfer.py --widths 128 256 --threads 1 --params mup   # side by side
+    PYTHONPATH=. python benchmarks/mup_transfer.py --widths 64 128 256              # then: the table
     PYTHONPATH=. python benchmarks/mup_transfer.py --quick                          # a smoke test, ~1 min
 
 Every cell trains the speedrun protocol's default recipe (benchmarks/speedrun.py "masked-batch-4":
@@ -73,13 +73,13 @@ def train_cell(args, width: int, param: str, lr: float) -> dict:
         train_dit(cfg)
     except TrainingDiverged as e:  # the guard gave up: this lr is too high at this width
         result |= {"val_loss": math.inf, "diverged": str(e), "rollbacks": MAX_ROLLBACKS + 1}
-    else:
+    train_s = time.time() - t0
+    if "diverged" not in result:
         speedrun.link_cache(cfg, root.parent, keep=True)
         pipe = Pipeline.load(out / "bundle", device=str(pick_device(args.device)))
         guard = torch.load(out / "checkpoint.pt", weights_only=True, map_location="cpu")["extra"]["guard"]
         result |= {"depth": pipe.dit.config.depth, "head_dim": pipe.dit.config.head_dim,
                    "rollbacks": guard["rollbacks"], **speedrun.val_losses(pipe, speedrun.val_cache(pipe, root.parent))}
-    train_s = time.time() - t0
     result["train_s"] = round(train_s, 1)
     (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"RESULT width {width} {param} lr {lr:g}: val loss {result['val_loss']:.4f} ({train_s:.0f} s)", flush=True)
@@ -133,8 +133,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--widths", type=int, nargs="+", default=[64, 256], help="DiT widths (multiples of 64); the "
                     "narrowest is where the lr is tuned")
-    ap.add_argument("--lrs", type=float, nargs="+", default=[5e-4, 1e-3, 2e-3, 4e-3, 8e-3],
-                    help="peak learning rates of the sweep")
+    ap.add_argument("--lrs", type=float, nargs="+", default=[5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2],
+                    help="peak learning rates of the sweep (the default brackets every optimum measured)")
     ap.add_argument("--params", nargs="+", choices=PARAMS, default=list(PARAMS),
                     help="parametrisations to train (the table needs both)")
     ap.add_argument("--base", type=int, default=64, help="muP's base width (--mup-base-dim)")
