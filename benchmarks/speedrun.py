@@ -99,6 +99,10 @@ RECIPES |= {
     "masked-batch-2": {**MASKED, "batch_size": 2},  # four times the steps of batch 8
     "masked-batch-4-lr-1e-3": {**BATCH_4, "lr": 1e-3},  # the two winners together
     "masked-75-batch-4": {**BATCH_4, "route": 0.75},
+    "masked-batch-4-t2v-heavy": {**BATCH_4, **RECIPES["t2v-heavy"]},  # 80 % plain text-to-video at batch 4
+    # a quarter of the steps train still images (a 64x64x1 bucket), each batch as many DiT tokens as
+    # 4 clips of 64x64x17: 20 images (videodit train's bundled mix has a sixth of its batches images)
+    "masked-batch-4-images": {**BATCH_4, "frames": (17, 17, 17, 1), "tokens_per_batch": 1280},
     # muP-style learning rates (--mup-base-dim 64): the width-reading matrices at 1.2e-3 x 64 / 256 =
     # 3e-4 as before, the input layers, biases, gains and modulation tables at 1.2e-3 (four times)
     "masked-batch-4-mup": {**BATCH_4, "mup_base_dim": 64, "lr": 1.2e-3},
@@ -129,23 +133,26 @@ def global_vae(folder: Path) -> Path:
     return folder
 
 
-def step_flops(cfg) -> int:
-    """Forward + backward FLOPs of one training step of ``cfg``'s DiT on its batch (the protocol
-    trains one size bucket), counted through the trainer's own step on random latents and text."""
+def step_flops(cfg) -> float:
+    """Forward + backward FLOPs of one training step of ``cfg``'s DiT, counted through the
+    trainer's own step on random latents and text: per size bucket on its batch, averaged over the
+    buckets' shares of the steps."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from videodit.train.dit import DiTTask
     from videodit.train.loop import DistInfo
     task = DiTTask(dataclasses.replace(cfg, latent_cache=0, num_workers=0), DistInfo(0, 1, 0, torch.device("cpu")))
-    (w, h, f), entry = next(iter(task.plan.items()))
-    s, B = task.vae.cfg.spatial_stride, entry.batch
-    latents = torch.randn(B, task.vae.cfg.latent_channels, (f - 1) // 4 + 1, h // s, w // s)
-    text = (torch.randn(B, task.text.config.max_length, task.text.dim), torch.ones(B, task.text.config.max_length,
-                                                                                  dtype=torch.bool))
-    batch = [(latents, ["a red circle"] * B, f"{w}x{h}x{f}", text)]
-    with FlopCounterMode(display=False) as counter:
-        task.step(task.model, batch, 0, torch.Generator().manual_seed(0), cfg.lr).loss.backward()
-    return counter.get_total_flops()
+    s, c, L = task.vae.cfg.spatial_stride, task.vae.cfg.latent_channels, task.text.config.max_length
+    total = 0.0
+    for (w, h, f), entry in task.plan.items():
+        B = entry.batch
+        latents = torch.randn(B, c, (f - 1) // 4 + 1, h // s, w // s)
+        text = (torch.randn(B, L, task.text.dim), torch.ones(B, L, dtype=torch.bool))
+        batch = [(latents, ["a red circle"] * B, f"{w}x{h}x{f}", text)]
+        with FlopCounterMode(display=False) as counter:
+            task.step(task.model, batch, 0, torch.Generator().manual_seed(0), cfg.lr).loss.backward()
+        total += entry.odds * counter.get_total_flops()
+    return total
 
 
 def recipe_config(name: str, budget: str, out: Path, seed: int = 0, **run_settings):
@@ -178,7 +185,9 @@ def link_cache(cfg, root: Path, keep: bool) -> None:
     ROOT and OUT: into OUT before training, back to ROOT (``keep``) after it when ROOT had none
     (the trainer checks the key and rebuilds the cache when a recipe's data differ)."""
     seed = f"-s{cfg.seed}" if cfg.seed else ""
-    shared = root / f"latents-{cfg.latent_cache}-b{cfg.batch_size}{seed}.pt"
+    mix = "" if tuple(cfg.frames) == PROTOCOL["frames"] else "-f" + "-".join(map(str, cfg.frames))
+    mix += f"-t{cfg.tokens_per_batch}" if cfg.tokens_per_batch else ""
+    shared = root / f"latents-{cfg.latent_cache}-b{cfg.batch_size}{mix}{seed}.pt"
     mine = Path(cfg.out) / "latents-rank0.pt"
     src, dst = (mine, shared) if keep else (shared, mine)
     if src.exists() and not dst.exists() and not cfg.vae:

@@ -80,3 +80,23 @@ def test_a_seed_replicate_trains_the_same_budget_on_its_own_cache(tmp_path):
     (tmp_path / "b" / "latents-rank0.pt").write_bytes(b"seed 1")
     speedrun_module.link_cache(cfg1, tmp_path, keep=True)
     assert (tmp_path / "latents-16-b4-s1.pt").read_bytes() == b"seed 1"
+
+
+def test_a_bucket_mix_counts_each_buckets_flops_by_its_share_and_caches_apart(tmp_path):
+    """A recipe with an image bucket next to the clips: a step's FLOPs are each bucket's step
+    averaged over the buckets' shares, and its latent cache is not the one-bucket recipes'."""
+    import dataclasses
+    spec = importlib.util.spec_from_file_location("speedrun", SCRIPT)
+    speedrun_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speedrun_module)
+    cfg = speedrun_module.recipe_config("baseline", "quick", tmp_path)
+    one = {f: speedrun_module.step_flops(dataclasses.replace(cfg, frames=(f,))) for f in (1, 5)}
+    assert 0 < one[1] < one[5]
+    mixed = speedrun_module.step_flops(dataclasses.replace(cfg, frames=(5, 5, 5, 1)))
+    assert abs(mixed - (0.75 * one[5] + 0.25 * one[1])) < 1e-6 * mixed
+    (tmp_path / "run").mkdir()
+    mix = dataclasses.replace(cfg, out=str(tmp_path / "run"), frames=(17, 1), tokens_per_batch=1280)
+    (tmp_path / "run" / "latents-rank0.pt").write_bytes(b"images")
+    speedrun_module.link_cache(mix, tmp_path, keep=True)
+    assert (tmp_path / "latents-16-b4-f17-1-t1280.pt").read_bytes() == b"images"
+    assert not (tmp_path / "latents-16-b4.pt").exists()
