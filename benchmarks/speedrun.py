@@ -106,6 +106,9 @@ RECIPES |= {
     # muP-style learning rates (--mup-base-dim 64): the width-reading matrices at 1.2e-3 x 64 / 256 =
     # 3e-4 as before, the input layers, biases, gains and modulation tables at 1.2e-3 (four times)
     "masked-batch-4-mup": {**BATCH_4, "mup_base_dim": 64, "lr": 1.2e-3},
+    # the learning rate a 1,500-step sweep at width 64 found best and muP carries to width 256
+    # (benchmarks/mup_transfer.py): 8e-3 for the input layers, biases and gains, 2e-3 for the rest
+    "masked-batch-4-mup-8e-3": {**BATCH_4, "mup_base_dim": 64, "lr": 8e-3},
     "masked-batch-128": {**MASKED, "batch_size": 128},  # the gpu budget's batch 256 halved
 }
 # Per budget, changes to the protocol: quick, a tiny model and cache; gpu, the shipped model's size
