@@ -26,7 +26,9 @@ Then two measures of the EMA model in OUT/bundle:
     latent statistics are not comparable on it); the same with empty captions, and their
     difference, the "text gap": how much the prediction uses the text (a model can lower the val
     loss by fitting the unconditional distribution better while its guided samples ignore the
-    prompt);
+    prompt); and the conditioned modes, the same clips and noise with the first latent frame given
+    clean ("animate": image-to-video) and with the first half given ("extend"), the loss on the
+    frames left to generate: what a change to the share of plain text-to-video costs the others;
   - the evaluator on ``--prompts`` (200) SynthWorld eval prompts, sampled as the bundled model is
     (16 Euler steps, guidance 4 at 0.2 <= t <= 0.85), batches of 25 sharing the seed of their first
     prompt, so two runs see the same prompts with the same noise and compare paired.
@@ -200,7 +202,9 @@ def link_cache(cfg, root: Path, keep: bool) -> None:
 def val_losses(pipe, cache: Path) -> dict:
     """The EMA model's flow-matching loss on the fixed validation clips with their captions
     (``val_loss``) and with empty captions (``val_loss_empty``), the same noise for both (see the
-    module doc). Their difference is how much the model's prediction uses the text."""
+    module doc). Their difference is how much the model's prediction uses the text. Then the
+    conditioned modes, with the captions and the same noise: ``val_loss_animate``, the first
+    latent frame given (animate an image); ``val_loss_extend``, the first half given (extend a clip)."""
     from videodit.video import frames_to_tensor
     from videodit.world import make_sample
     w, h = pipe.config.size
@@ -213,11 +217,17 @@ def val_losses(pipe, cache: Path) -> dict:
         torch.save({"latents": latents, "captions": [s.caption for s in samples]}, cache)
     data = torch.load(cache, weights_only=True)
     x0 = pipe.vae.normalize(data["latents"].to(pipe.device))
-    return {"val_loss": _fixed_noise_loss(pipe, x0, data["captions"]),
-            "val_loss_empty": _fixed_noise_loss(pipe, x0, [""] * len(data["captions"]))}
+    captions, T = data["captions"], x0.shape[2]
+    frame = torch.arange(T)[None, :].expand(VAL_CLIPS, T)
+    return {"val_loss": _fixed_noise_loss(pipe, x0, captions),
+            "val_loss_empty": _fixed_noise_loss(pipe, x0, [""] * len(captions)),
+            "val_loss_animate": _fixed_noise_loss(pipe, x0, captions, given=frame == 0),
+            "val_loss_extend": _fixed_noise_loss(pipe, x0, captions, given=frame < (T + 1) // 2)}
 
 
-def _fixed_noise_loss(pipe, x0: torch.Tensor, captions: list[str]) -> float:
+def _fixed_noise_loss(pipe, x0: torch.Tensor, captions: list[str], given: torch.Tensor | None = None) -> float:
+    """The mean loss over VAL_TIMES timesteps with fixed noise; ``given`` (B, T) bool: latent frames
+    given clean (t = 0) as conditioning, left out of the loss, as the trainer's conditioning modes do."""
     from videodit import flow
     gen = torch.Generator().manual_seed(0)
     losses = []
@@ -225,11 +235,14 @@ def _fixed_noise_loss(pipe, x0: torch.Tensor, captions: list[str]) -> float:
         tokens, mask = pipe.text.encode(captions)
         for i in range(VAL_TIMES):
             t = torch.full((VAL_CLIPS,), (2 * i + 1) / (2 * VAL_TIMES))
+            if given is not None:  # per latent frame
+                t = torch.where(given, 0.0, t[:, None])
             x_t, v = flow.interpolate(x0, torch.randn(x0.shape, generator=gen).to(x0.device), t.to(x0.device))
             for lo in range(0, VAL_CLIPS, 32):
                 part = slice(lo, lo + 32)
-                pred = pipe.dit(x_t[part], t[part], tokens[part], mask[part])
-                losses.append(float(flow.flow_loss(pred, v[part])))
+                pred = pipe.dit(x_t[part], t[part].to(x0.device), tokens[part], mask[part])
+                counts = None if given is None else ~given[part].to(x0.device)
+                losses.append(float(flow.flow_loss(pred, v[part], counts)))
     return float(np.mean(losses))
 
 
@@ -265,8 +278,8 @@ def run_bundle(d: Path, info: dict) -> Path:
 
 
 def revalue(args) -> None:
-    """Recompute finished runs' val losses (captions and empty captions) into their speedrun.json,
-    for runs measured before the empty-caption loss was part of the protocol."""
+    """Recompute finished runs' val losses (captions, empty captions, animate, extend) into their
+    speedrun.json, for runs measured before every one of them was part of the protocol."""
     from videodit.device import pick_device
     from videodit.pipeline import Pipeline
     for d in map(Path, args.runs):
@@ -274,7 +287,8 @@ def revalue(args) -> None:
         pipe = Pipeline.load(run_bundle(d, info), device=str(pick_device(args.device)))
         info.update(val_losses(pipe, val_cache(pipe, d.parent)))
         (d / "speedrun.json").write_text(json.dumps(info, indent=1) + "\n")
-        print(f"{d.name}: val loss {info['val_loss']:.4f}, empty captions {info['val_loss_empty']:.4f}", flush=True)
+        print(f"{d.name}: val loss {info['val_loss']:.4f}, empty captions {info['val_loss_empty']:.4f}, "
+              f"animate {info['val_loss_animate']:.4f}, extend {info['val_loss_extend']:.4f}", flush=True)
 
 
 def run(args) -> None:
@@ -340,6 +354,8 @@ def table(args) -> None:
     rows = [("steps", lambda i, _: f"{i['steps']}"), ("FLOPs", lambda i, _: f"{i['steps'] * i['step_flops']:.3g}"),
             ("val loss", lambda i, _: f"{i['val_loss']:.4f}"),
             ("text gap", lambda i, _: f"{i['val_loss_empty'] - i['val_loss']:.4f}" if "val_loss_empty" in i else "-"),
+            ("val loss, animate / extend", lambda i, _: f"{i['val_loss_animate']:.4f} / {i['val_loss_extend']:.4f}"
+             if "val_loss_animate" in i else "-"),
             ("SCORE in / held-out", lambda i, _: f"{i['score']['in_dist']:.3f} / {i['score']['heldout']:.3f}")]
     print("| | " + " | ".join(name for name, *_ in runs) + " |\n|---" * 1 + "|---" * len(runs) + "|")
     for label, cell in rows:
@@ -427,7 +443,7 @@ def main() -> None:
     m.add_argument("--root", default="runs/speedrun")
     machine(m)
     m.add_argument("--prompts", type=int, default=200, help="eval prompts for the evaluator")
-    rv = sub.add_parser("revalue", help="recompute finished runs' val losses (with and without captions)")
+    rv = sub.add_parser("revalue", help="recompute finished runs' val losses (with and without captions, animate, extend)")
     rv.add_argument("runs", nargs="+", help="run folders (ROOT/BUDGET-RECIPE, or measure's)")
     machine(rv)
     sub.add_parser("list", help="the recipes and what each changes")

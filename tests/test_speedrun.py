@@ -39,6 +39,9 @@ def test_quick_budget_runs_two_recipes_and_pairs_them(tmp_path):
     table = speedrun("table", str(root / "quick-baseline"), str(root / "quick-tread"), cwd=tmp_path)
     assert "| val loss |" in table and "| mean |" in table and table.count("[") >= 12
     assert all(run["val_loss_empty"] > 0 for run in (base, tread))
+    # Given frames are left out of the loss: the conditioned losses are their own numbers.
+    assert all(0 < run[k] != run["val_loss"] for run in (base, tread) for k in ("val_loss_animate", "val_loss_extend"))
+    assert f"| val loss, animate / extend | {base['val_loss_animate']:.4f} / {base['val_loss_extend']:.4f} |" in table
     gap = base["val_loss_empty"] - base["val_loss"]
     assert f"| text gap | {gap:.4f} |" in table
     # The same pair twice as two "seeds": each seed's difference and the pooled one agree.
@@ -61,7 +64,8 @@ def test_quick_budget_runs_two_recipes_and_pairs_them(tmp_path):
     speedrun("revalue", str(root / "ref"), "--threads", "1", cwd=tmp_path)
     again = json.loads((root / "ref" / "speedrun.json").read_text())
     assert again.keys() == ref.keys() and again["score"] == ref["score"]
-    assert all(abs(again[k] - ref[k]) < 1e-4 * ref[k] for k in ("val_loss", "val_loss_empty"))
+    assert all(abs(again[k] - ref[k]) < 1e-4 * ref[k]
+               for k in ("val_loss", "val_loss_empty", "val_loss_animate", "val_loss_extend"))
 
 
 def test_a_seed_replicate_trains_the_same_budget_on_its_own_cache(tmp_path):
