@@ -24,7 +24,11 @@ The table: val loss per width, parametrisation and lr, the best lr of each row, 
 the narrowest width's best lr to each wider one costs against that width's own best on the grid
 (its val loss minus the row's minimum: 0 = the lr transferred). Last line:
     SUMMARY base_lr=<best at the narrowest width> standard_lr=<best, widest> mup_lr=<best, widest>
-    standard_cost=<transfer cost, widest> mup_cost=<...>
+    standard_cost=<transfer cost, widest> mup_cost=<...> text_base_lr=<largest text gap, narrowest>
+    text_standard_lr=<largest text gap, widest> text_mup_lr=<...>
+A second table gives each cell's text gap (speedrun's val loss with empty captions minus with the
+captions): how much the prediction uses the text. The lowest val losses can come with no text gap
+at all, and such an lr trained over a full run ignores the prompt (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -108,8 +112,9 @@ def shown(loss: float, best: bool, rollbacks: int) -> str:
     return cell + (f" ({rollbacks})" if rollbacks else "")
 
 
-def table(args, losses: dict, rollbacks: dict, shape: dict) -> None:
-    """Markdown table of val losses, each row's best lr, the transfer cost, and the SUMMARY line."""
+def table(args, losses: dict, rollbacks: dict, shape: dict, gaps: dict) -> None:
+    """Markdown tables of val losses (each row's best lr, the transfer cost) and of text gaps, and
+    the SUMMARY line."""
     narrow, wide = min(args.widths), max(args.widths)
     best = {row: min(args.lrs, key=lambda lr: vals[lr]) for row, vals in losses.items()}
     base_lr = best[(narrow, "standard")]
@@ -125,8 +130,26 @@ def table(args, losses: dict, rollbacks: dict, shape: dict) -> None:
         print(f"| {width} | {param} | {cells} | {best[(width, param)]:g} | {cost[(width, param)]:+.4f} |")
     if any(n for row in rollbacks.values() for n in row.values()):
         print("\n(n): the divergence guard rolled back n times, each halving the lr; diverged: it gave up")
+    text = gap_table(args, gaps)
     print(f"\nSUMMARY base_lr={base_lr:g} standard_lr={best[(wide, 'standard')]:g} mup_lr={best[(wide, 'mup')]:g} "
-          f"standard_cost={cost[(wide, 'standard')]:.4f} mup_cost={cost[(wide, 'mup')]:.4f}")
+          f"standard_cost={cost[(wide, 'standard')]:.4f} mup_cost={cost[(wide, 'mup')]:.4f} "
+          f"text_base_lr={text[(narrow, 'standard')]:g} text_standard_lr={text[(wide, 'standard')]:g} "
+          f"text_mup_lr={text[(wide, 'mup')]:g}")
+
+
+def gap_table(args, gaps: dict) -> dict:
+    """Markdown table of the text gaps (val loss with empty captions minus with the captions: how
+    much the prediction uses the text), each row's lr of the largest; returns those lrs."""
+    most = {row: max(args.lrs, key=lambda lr: -math.inf if math.isnan(vals[lr]) else vals[lr])
+            for row, vals in gaps.items()}
+    print(f"\ntext gap after {args.steps} steps (the val loss's lowest lrs can fit the clips without the text)\n")
+    print("| width | learning rates | " + " | ".join(f"{lr:g}" for lr in args.lrs) + " | lr of the largest |\n"
+          "|---|---|" + "---|" * (len(args.lrs) + 1))
+    for (width, param), vals in gaps.items():
+        cells = " | ".join("-" if math.isnan(g) else (f"**{g:.4f}**" if lr == most[(width, param)] else f"{g:.4f}")
+                           for lr, g in vals.items())
+        print(f"| {width} | {param} | {cells} | {most[(width, param)]:g} |")
+    return most
 
 
 def main() -> None:
@@ -155,16 +178,17 @@ def main() -> None:
     if set(args.params) == set(PARAMS) and args.base != min(args.widths):
         raise SystemExit(f"--base {args.base}: must be the narrowest of --widths {args.widths}: the width the lr "
                          "is tuned at, where muP and standard are the same run")
-    losses, rollbacks, shape = {}, {}, {}
+    losses, rollbacks, shape, gaps = {}, {}, {}, {}
     for width in sorted(args.widths):
         for param in PARAMS:
             if param in args.params or (param == "mup" and width == args.base):
                 results = [cell(args, width, param, lr) for lr in args.lrs]
                 losses[(width, param)] = {r["lr"]: r["val_loss"] for r in results}
                 rollbacks[(width, param)] = {r["lr"]: r.get("rollbacks", 0) for r in results}
+                gaps[(width, param)] = {r["lr"]: r.get("val_loss_empty", math.nan) - r["val_loss"] for r in results}
                 shape = next((r for r in results if "depth" in r), shape)
     if set(args.params) == set(PARAMS):
-        table(args, losses, rollbacks, shape)
+        table(args, losses, rollbacks, shape, gaps)
 
 
 if __name__ == "__main__":

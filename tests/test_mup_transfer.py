@@ -30,14 +30,18 @@ def test_quick_sweep_trains_each_cell_once_and_tabulates_the_transfer(tmp_path):
     results = {name: json.loads((root / name / "result.json").read_text()) for name in cells}
     assert all(r["val_loss"] > 0 and r["steps"] == 4 for r in results.values())
     assert results["w64-mup-lr0.004"]["val_loss"] != results["w64-standard-lr0.004"]["val_loss"]
-    rows = {tuple(line.split(" | ")[:2]): line for line in out.splitlines() if line.startswith("| 32 |")
-            or line.startswith("| 64 |")}
+    rows = {tuple(line.split(" | ")[:2]): line for line in out.split("text gap after")[0].splitlines()
+            if line.startswith("| 32 |") or line.startswith("| 64 |")}
     assert set(rows) == {("| 32", "standard"), ("| 32", "mup"), ("| 64", "standard"), ("| 64", "mup")}
     assert rows[("| 32", "standard")].split(" | ")[2:] == rows[("| 32", "mup")].split(" | ")[2:]
     loss = results["w64-mup-lr0.001"]["val_loss"]
     assert f"{loss:.4f}" in rows[("| 64", "mup")]
     summary = out.splitlines()[-1]
-    assert summary.startswith("SUMMARY base_lr=") and "mup_cost=" in summary
+    assert summary.startswith("SUMMARY base_lr=") and "mup_cost=" in summary and "text_mup_lr=" in summary
+    # The text gap of every cell (empty captions' val loss minus the captions'), in a second table.
+    gap = results["w64-mup-lr0.001"]["val_loss_empty"] - loss
+    gaps = [line for line in out.split("text gap after")[1].splitlines() if line.startswith("| 64 | mup |")]
+    assert len(gaps) == 1 and f"{gap:.4f}" in gaps[0]
     # Finished cells are read back, not trained again: the same table, no training output.
     rc, again, err = mup_transfer("--quick", "--root", str(root), "--threads", "1", cwd=tmp_path)
     assert rc == 0 and again.splitlines()[-1] == summary and "cell width" not in again
@@ -72,10 +76,13 @@ def test_a_cell_the_guard_gives_up_on_is_recorded_as_diverged(tmp_path, monkeypa
               (64, "standard"): {1e-3: 0.7, 4e-3: 0.75}, (64, "mup"): {1e-3: 0.6, 4e-3: math.inf}}
     rollbacks = {row: {1e-3: 0, 4e-3: 0} for row in losses}
     rollbacks[(64, "standard")][4e-3] = 2
-    module.table(args, losses, rollbacks, {"depth": 2, "head_dim": 32})
+    gaps = {row: {1e-3: 0.02, 4e-3: 0.01} for row in losses}
+    gaps[(64, "mup")][4e-3] = math.nan  # a diverged cell has no text gap
+    module.table(args, losses, rollbacks, {"depth": 2, "head_dim": 32}, gaps)
     out = capsys.readouterr().out
     assert "| 64 | mup | **0.6000** | diverged | 0.001 | +inf |" in out
     assert "| 64 | standard | **0.7000** | 0.7500 (2) | 0.001 | +0.0500 |" in out
     assert "rolled back n times" in out
+    assert "| 64 | mup | **0.0200** | - | 0.001 |" in out
     assert out.splitlines()[-1] == ("SUMMARY base_lr=0.004 standard_lr=0.001 mup_lr=0.001 standard_cost=0.0500 "
-                                    "mup_cost=inf")
+                                    "mup_cost=inf text_base_lr=0.001 text_standard_lr=0.001 text_mup_lr=0.001")
