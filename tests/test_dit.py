@@ -287,7 +287,8 @@ def batches(shapes, L=5, cfg=TINY, seed=1):
 SHAPES = [(2, 3, 4, 4), (1, 1, 2, 6), (3, 2, 6, 2), (1, 5, 4, 6)]  # square, image, tall, wide video
 
 
-@pytest.mark.parametrize("cfg", [TINY, dataclasses.replace(TINY, qk_norm=False, patch=(1, 2, 2))])
+@pytest.mark.parametrize("cfg", [TINY, dataclasses.replace(TINY, qk_norm=False, patch=(1, 2, 2)),
+                                 dataclasses.replace(TINY, pooled_text=True)])
 def test_packed_equals_separate_forwards(cfg):
     model = random_dit(cfg, 0)
     xs, ts, text, mask = batches(SHAPES, cfg=cfg)
@@ -396,3 +397,49 @@ def test_kept_positions_follow_the_token_layout():
     kept = kept_positions(Route(0, 1, top_row), (B, 8, T, h, w), patch)
     assert kept.shape == (B, 1, T, h, w)
     assert kept[..., :2, :].all() and not kept[..., 2:, :].any()
+
+
+# -- pooled text (DiTConfig.pooled_text): the mean attended text token joins the time embedding.
+
+
+def test_pooled_text_starts_silent_so_a_model_without_it_continues_unchanged():
+    """At its zero init the pooled path adds nothing: the same weights give the same velocity with and
+    without it; trained (random weights) it changes the output."""
+    pooled = random_dit(dataclasses.replace(TINY, pooled_text=True), 0)
+    with torch.no_grad():
+        pooled.text_pool[1].weight.zero_()
+        pooled.text_pool[1].bias.zero_()
+    plain = DiT(TINY)
+    plain.load_state_dict({k: v for k, v in pooled.state_dict().items() if not k.startswith("text_pool.")})
+    x, t, text, mask = inputs()
+    assert torch.equal(pooled(x, t, text, mask), plain(x, t, text, mask))
+    assert DiT(dataclasses.replace(TINY, pooled_text=True)).text_pool[1].weight.abs().sum() == 0
+    with torch.no_grad():
+        pooled.text_pool[1].weight.normal_(0, 0.3)
+    assert (pooled(x, t, text, mask) - plain(x, t, text, mask)).abs().max() > 1e-2
+
+
+def test_pooled_text_is_the_mean_of_the_attended_tokens_and_the_null_token():
+    model = random_dit(dataclasses.replace(TINY, pooled_text=True), 0)
+    x, t, text, mask = inputs(L=6)
+    kv = model.text_kv(text, mask)
+    context = torch.cat([model.text_embed(text), model.null_text.expand(2, 1, TINY.dim)], dim=1)
+    for i in range(2):
+        keep = torch.cat([mask[i], torch.ones(1, dtype=torch.bool)])
+        assert torch.allclose(kv.pooled[i], context[i, keep].mean(0), atol=1e-5)
+    empty = model.text_kv(text, torch.zeros_like(mask))  # an empty prompt: the null token alone
+    assert torch.allclose(empty.pooled, model.null_text.expand(2, -1), atol=1e-6)
+    hidden = text.clone()
+    hidden[0, 4:] += 10.0  # tokens the mask leaves out change nothing
+    assert torch.equal(model(x, t, hidden, mask), model(x, t, text, mask))
+
+
+def test_pooled_text_rides_in_text_kv_and_its_rows():
+    model = random_dit(dataclasses.replace(TINY, pooled_text=True), 0)
+    x, t, text, mask = inputs()
+    full = model(x, t, text, mask)
+    kv = model.text_kv(text, mask)
+    assert torch.equal(model(x, t, text_kv=kv), full)
+    assert torch.allclose(model(x[:1], t[:1], text_kv=kv.rows(1)), full[:1], atol=1e-5)
+    with pytest.raises(VideoditError, match="pooled text"):
+        model(x, t, text_kv=kv._replace(pooled=None))

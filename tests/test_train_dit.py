@@ -194,6 +194,33 @@ def test_init_starts_from_a_bundles_weights_and_rejects_another_architecture(tmp
         train_dit(dit_train_cfg(tmp_path / "d", tiny_vae, preset="cpu-small", init=str(first)))
 
 
+def test_pooled_text_trains_generates_and_joins_a_bundle_without_it(tmp_path, tiny_vae):
+    """--pooled-text from scratch trains the pooled layer and the bundle generates with it (guidance
+    interval: the conditional rows alone at some steps); on --init of a bundle without it, the bundle's
+    weights load unchanged and the new layer starts at zero; --lora refuses it."""
+    from safetensors.torch import load_file
+    from videodit.dit import DiT, DiTConfig
+    from videodit.pipeline import Pipeline
+
+    pooled = train_dit(dit_train_cfg(tmp_path / "p", tiny_vae, steps=2, pooled_text=True, lr=1e-2))
+    assert DiT(DiTConfig.preset("tiny")).config.pooled_text is False
+    weights = load_file(pooled / "dit" / "model.safetensors")
+    assert weights["text_pool.1.weight"].abs().sum() > 0
+    pipe = Pipeline.load(pooled)
+    assert pipe.dit.config.pooled_text
+    assert pipe("a red circle", frames=5, size=(32, 32), steps=3, guidance_interval=(0.3, 0.8)).shape == (5, 32, 32, 3)
+
+    plain = train_dit(dit_train_cfg(tmp_path / "a", tiny_vae, steps=2))
+    cont = train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, steps=1, lr=0.0, warmup_steps=1, init=str(plain),
+                                   pooled_text=True))
+    a, b = load_file(plain / "dit" / "model.safetensors"), load_file(cont / "dit" / "model.safetensors")
+    assert set(b) - set(a) == {"text_pool.1.weight", "text_pool.1.bias"}
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert b["text_pool.1.weight"].abs().sum() == 0
+    with pytest.raises(VideoditError, match="--pooled-text adds a layer"):
+        DiTTrainConfig(init="bundled", lora=4, pooled_text=True).check()
+
+
 def test_dit_trains_and_generates_on_a_per_channel_normalised_vae(tmp_path, tiny_vae):
     """A VAE bundle with per-channel latent statistics (train-vae --per-channel-latents) works through
     DiT training (latent cache included) and generation; its normalize is not the global one."""

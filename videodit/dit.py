@@ -75,6 +75,9 @@ class DiTConfig:
     guidance_embed: bool = field(default=False, metadata={
         "help": "take the classifier-free guidance scale as an input (a guidance-distilled student, "
                 "videodit/distill.py): one pass gives the guided velocity"})
+    pooled_text: bool = field(default=False, metadata={
+        "help": "add the prompt's mean text embedding to the time embedding that modulates every block, next "
+                "to cross-attention (SD3's pooled text vector in adaLN, Esser et al. 2024); starts at zero"})
 
     def __post_init__(self):
         if self.dim % self.heads or (self.dim // self.heads) % 2:
@@ -357,6 +360,12 @@ class TextKV(NamedTuple):
     kv: list[tuple[torch.Tensor, torch.Tensor]]  # per block: k, v (B, heads, L + 1, head_dim)
     mask: torch.Tensor  # (B, 1, 1, L + 1) bool, True = attend; the last key is the null token
     # (L keys, no null token, when DiTConfig.null_text is off)
+    pooled: torch.Tensor | None = None  # (B, D): the mean attended text token (DiTConfig.pooled_text)
+
+    def rows(self, n: int) -> TextKV:
+        """The first n prompts'."""
+        return TextKV([(k[:n], v[:n]) for k, v in self.kv], self.mask[:n],
+                      None if self.pooled is None else self.pooled[:n])
 
 
 class SelfAttention(nn.Module):
@@ -476,6 +485,7 @@ class DiT(nn.Module):
         self.null_text = nn.Parameter(torch.zeros(cfg.dim)) if cfg.null_text else None
         self.time_embed = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
         self.time_proj = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))  # shared by all blocks
+        self.text_pool = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, cfg.dim)) if cfg.pooled_text else None
         # Guidance-distilled students: the scale's embedding is added to the time embedding (as
         # FLUX.1-dev's guidance input; Meng et al. 2023 distil guidance into one such pass).
         self.guidance_embed = (nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
@@ -501,6 +511,8 @@ class DiT(nn.Module):
         if self.null_text is not None:
             nn.init.normal_(self.null_text, std=0.02)
         zero = [self.time_proj[1], self.head]
+        if self.text_pool is not None:  # the pooled text starts silent, so a bundle continues unchanged
+            zero.append(self.text_pool[1])
         if self.guidance_embed is not None:  # a student starts as its teacher's conditional model
             nn.init.normal_(self.guidance_embed[0].weight, std=0.02)
             zero.append(self.guidance_embed[2])
@@ -535,7 +547,11 @@ class DiT(nn.Module):
             context = torch.cat([context, null], dim=1)  # (B, L + 1, D)
             keep = torch.cat([keep, text_mask.new_ones(B, 1, dtype=torch.bool)], dim=1)  # (B, L + 1)
         kv = [b.cross_attn.text_kv(context) for b in self.blocks]
-        return TextKV(kv, keep[:, None, None, :])  # mask (B, 1, 1, L + 1), or (B, 1, 1, L) without the null token
+        pooled = None
+        if self.text_pool is not None:  # an empty prompt pools to its null token alone
+            weight = keep.to(context.dtype)[..., None]  # (B, L + 1, 1)
+            pooled = (context * weight).sum(1).float() / weight.sum(1).float().clamp(min=1)  # (B, D)
+        return TextKV(kv, keep[:, None, None, :], pooled)  # mask (B, 1, 1, L + 1), or (B, 1, 1, L) without the null token
 
     def _patchify(self, x: torch.Tensor, t: torch.Tensor):
         """Checked x (B, c, T, h, w), t (B, T) or (B,) -> patches (B, Tp, S, c*pt*ph*pw), timesteps
@@ -591,6 +607,12 @@ class DiT(nn.Module):
         g = g.view(-1, *[1] * (t_frames.dim() - 1)).expand_as(t_frames) if g.dim() else g.expand_as(t_frames)
         return temb + self.guidance_embed(timestep_sinusoid(g / GUIDANCE_SCALE, self.config.freq_dim))
 
+    def _pooled_text(self, text_kv: TextKV) -> torch.Tensor:
+        """fp32 (B, D): the prompts' pooled text, added to the time embedding (DiTConfig.pooled_text)."""
+        if text_kv.pooled is None:
+            raise VideoditError("DiT: this model takes pooled text; pass text_kv made by its own text_kv()")
+        return self.text_pool(text_kv.pooled.float())
+
     def _compute_dtype(self, x: torch.Tensor):
         return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
 
@@ -617,6 +639,8 @@ class DiT(nn.Module):
         # modulation is applied to the fp32 residual stream and must not be rounded to bf16).
         with torch.autocast(x.device.type, enabled=False):
             temb = self._time_embedding(t_frames, guidance)  # (B, Tp, D)
+            if self.text_pool is not None:
+                temb = temb + self._pooled_text(text_kv)[:, None]
             mod = self.time_proj(temb).view(B, Tp, 1, 6, cfg.dim)  # (B, Tp, 1, 6, D)
 
         rope = self.rope(grid, x.device, self._compute_dtype(x))
@@ -689,6 +713,9 @@ class DiT(nn.Module):
                 guidance = guidance.to(device).repeat_interleave(
                     torch.tensor([tf.shape[1] for _, tf, _ in pieces for _ in range(tf.shape[0])], device=device))
             temb_frames = self._time_embedding(t_frames, guidance)  # (frames, D)
+            if self.text_pool is not None:  # one row per clip -> one per frame
+                frames = torch.tensor([tf.shape[1] for _, tf, _ in pieces for _ in range(tf.shape[0])], device=device)
+                temb_frames = temb_frames + self._pooled_text(text_kv).repeat_interleave(frames, dim=0)
             mod = self.time_proj(temb_frames)[frame_of_token].view(1, N, 1, 6, cfg.dim)  # (1, N, 1, 6, D)
 
         patches = torch.cat([p.reshape(-1, self.patch_dim) for p, _, _ in pieces])  # (N, c*pt*ph*pw)

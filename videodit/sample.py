@@ -169,7 +169,7 @@ def pad_text(text: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch
     return F.pad(text, (0, 0, 0, extra)), F.pad(mask, (0, extra), value=False)
 
 
-def guided_velocity(dit, text_kv, guidance: float, interval: tuple[float, float] = (0.0, 1.0)) -> Velocity:
+def guided_velocity(dit, text_kv: TextKV, guidance: float, interval: tuple[float, float] = (0.0, 1.0)) -> Velocity:
     """Velocity with classifier-free guidance. ``text_kv`` is ``dit.text_kv`` of the 2B prompts
     [conditional; unconditional or negative] when guidance != 1, of the B prompts otherwise.
     Steps whose timestep lies outside ``interval`` run the conditional pass alone (B rows): at
@@ -186,7 +186,7 @@ def guided_velocity(dit, text_kv, guidance: float, interval: tuple[float, float]
         if not in_interval(t.amax().item(), (lo, hi)):  # the step's timestep (held frames sit at 0)
             if not conditional:
                 B = x.shape[0]
-                conditional.append(TextKV([(k[:B], v[:B]) for k, v in text_kv.kv], text_kv.mask[:B]))
+                conditional.append(text_kv.rows(B))
             return dit(x, t, text_kv=conditional[0]).float()
         v = dit(torch.cat([x, x]), torch.cat([t, t]), text_kv=text_kv)  # (2B, c, T, h, w)
         v_cond, v_uncond = v.float().chunk(2)

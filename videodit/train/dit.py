@@ -195,6 +195,11 @@ class DiTTrainConfig:
         "help": "start from the DiT weights of this model bundle ('bundled' = the one shipped in the "
                 "package) instead of a random init, e.g. to continue the bundled model's training on a "
                 "fresh machine; a checkpoint to resume wins", "path": "dir", "or": ("bundled",), "group": "model"})
+    pooled_text: bool = field(default=False, metadata={
+        "help": "give the DiT pooled text conditioning (DiTConfig.pooled_text: the prompt's mean text token added "
+                "to the time embedding that modulates every block, next to cross-attention); with --init, a bundle "
+                "without it gains the new layer at zero, so training continues from the same model",
+        "group": "model"})
     square_crop: bool = field(default=False, metadata={
         "help": "train on the centre square of every clip (side = its shorter side) instead of its native "
                 "size: the square-crop baseline of Sora's native-size comparison (docs/SIZES.md)", "group": "data"})
@@ -258,6 +263,9 @@ class DiTTrainConfig:
         if self.mup_base_dim and self.lora:
             raise VideoditError("--mup-base-dim scales the learning rates of a whole DiT's weights: it does not go "
                                 "with --lora (or distillation's adapters)")
+        if self.lora and self.pooled_text:
+            raise VideoditError("--pooled-text adds a layer that --lora would keep frozen at zero: train it in full "
+                                "first (without --lora)")
         if self.lora and self.parallel == "fsdp":
             raise VideoditError("--lora trains a few adapter weights: use --parallel ddp")
         if self.compile and self.pack:
@@ -688,9 +696,11 @@ def train_dit(cfg: DiTTrainConfig) -> Path:
 def model_config(cfg: DiTTrainConfig, latent_channels: int, text_dim: int) -> DiTConfig:
     """--preset's DiT for this VAE and text encoder; without --preset, --init's, or cpu-small."""
     if cfg.preset or not cfg.init:
-        base = DiTConfig.preset(cfg.preset or DEFAULT_PRESET, in_channels=latent_channels, text_dim=text_dim)
+        base = DiTConfig.preset(cfg.preset or DEFAULT_PRESET, in_channels=latent_channels, text_dim=text_dim,
+                                pooled_text=cfg.pooled_text)
         return with_width(base, cfg.dim) if cfg.dim else base
-    return read_bundle_config(DiTConfig, init_folder(cfg.init), "DiT")
+    init = read_bundle_config(DiTConfig, init_folder(cfg.init), "DiT")
+    return replace(init, pooled_text=True) if cfg.pooled_text else init
 
 
 def with_width(base: DiTConfig, dim: int) -> DiTConfig:
@@ -711,11 +721,21 @@ def init_folder(bundle: str) -> Path:
 
 def init_weights(model: DiT, bundle: str, model_cfg: DiTConfig) -> None:
     """Load the DiT of a model bundle (``bundle`` = a folder, or 'bundled') into ``model``; a bundle
-    whose DiT has another architecture fails naming the settings that differ."""
+    whose DiT has another architecture fails naming the settings that differ. A bundle without
+    pooled text loads into a model with it (--pooled-text), whose new layer keeps its zero init."""
     folder = init_folder(bundle)
     theirs = to_dict(read_bundle_config(DiTConfig, folder, "DiT"))
     ours = to_dict(model_cfg)
-    differ = [f"{k} {theirs[k]} (init) vs {ours[k]} (--preset)" for k in ours if theirs.get(k) != ours[k]]
+    added = model_cfg.pooled_text and not theirs.get("pooled_text")
+    differ = [f"{k} {theirs.get(k)} (init) vs {ours[k]} (--preset)" for k in ours
+              if theirs.get(k) != ours[k] and not (added and k == "pooled_text")]
     if differ:
         raise VideoditError(f"--init {bundle}: its DiT differs from the one being trained: " + "; ".join(differ))
-    load_safetensors_checked(model, folder / "model.safetensors")
+    if not added:
+        load_safetensors_checked(model, folder / "model.safetensors")
+        return
+    source = DiT(replace(model_cfg, pooled_text=False))
+    load_safetensors_checked(source, folder / "model.safetensors")
+    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("text_pool.") for k in missing):
+        raise VideoditError(f"--init {bundle}: adding pooled text left {missing + unexpected} unmatched")
