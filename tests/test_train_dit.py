@@ -426,6 +426,30 @@ def test_mup_learning_rates_scale_the_width_reading_weights_and_resume_exactly(t
         DiTTrainConfig(mup_base_dim=64, lora=4, init="bundled").check()
 
 
+def test_text_lr_scale_multiplies_the_text_embeddings_learning_rate_alone(tmp_path, tiny_vae):
+    """--text-lr-scale S: the text embedding's weights and biases train at S x their group's lr (x B / dim
+    for its second layer under --mup-base-dim B), every other parameter as without it; a run resumes
+    only with the setting it started with."""
+    from videodit.train import loop
+    from videodit.train.dit import DiTTask
+
+    def scales(**changes):
+        task = DiTTask(dit_train_cfg(tmp_path / "a", tiny_vae, **changes), loop.DistInfo(0, 1, 0, torch.device("cpu")))
+        names = {id(p): n for n, p in task.model.named_parameters()}
+        return {names[id(p)]: g["lr_scale"] for g in task.lr_groups() for p in g["params"]}
+
+    plain, text, both, mup = scales(), scales(text_lr_scale=0.5), scales(text_lr_scale=0.5, mup_base_dim=16), \
+        scales(mup_base_dim=16)
+    assert set(plain.values()) == {1.0} and set(text) == set(plain)
+    for name in plain:
+        assert text[name] == (0.5 if name.startswith("text_embed.") else 1.0), name
+        assert both[name] == mup[name] * (0.5 if name.startswith("text_embed.") else 1.0), name
+    assert both["text_embed.2.weight"] == 0.125 and both["text_embed.0.weight"] == 0.5
+    train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, text_lr_scale=0.5, steps=2))
+    with pytest.raises(VideoditError, match="does not fit"):
+        train_dit(dit_train_cfg(tmp_path / "b", tiny_vae, steps=4))
+
+
 def test_dim_trains_the_preset_at_another_width_with_its_depth_and_head_width(tmp_path, tiny_vae):
     """--dim W: the preset's DiT at width W (heads = W / the preset's head width, the same depth), saved
     so that the bundle loads at that width; a width that splits no whole head, or --dim on --init's

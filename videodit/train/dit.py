@@ -97,6 +97,10 @@ class DiTTrainConfig:
                 "biases, gains and modulation tables at lr, so an lr tuned on a DiT of width BASE carries over to a "
                 "wider one. 0 = one learning rate for every weight; a run resumes only with the same setting",
         "min": 0, "group": "optimisation"})
+    text_lr_scale: float = field(default=1.0, metadata={
+        "help": "the text embedding's (text_embed: the MLP from the text encoder's tokens into the DiT) "
+                "learning rate is lr x this, on top of --mup-base-dim's scale; a run resumes only with the same "
+                "setting", "min": 0, "min_exclusive": True, "group": "optimisation"})
     warmup_steps: int = field(default=500, metadata={
         "help": "linear warm-up, then cosine decay to lr/10", "min": 0, "group": "optimisation"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0, "group": "optimisation"})
@@ -516,15 +520,20 @@ class DiTTask:
         """AdamW's parameter groups (loop.Task.lr_groups): one at lr, or with --mup-base-dim B the
         hidden and output matrices at lr x B / dim (muP for Adam, Yang et al. 2022, Table 3): every
         Linear's weight but those of the layers that read the inputs (patches, text and timestep
-        features, whose fan-in does not grow with the width)."""
-        if not self.cfg.mup_base_dim:
+        features, whose fan-in does not grow with the width). --text-lr-scale S multiplies the text
+        embedding's on top. One group per scale, in the order the parameters first meet it."""
+        if not self.cfg.mup_base_dim and self.cfg.text_lr_scale == 1:
             return loop.one_lr_group(self.model)
-        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         hidden = {f"{name}.weight" for name, m in self.model.named_modules()
                   if isinstance(m, torch.nn.Linear) and name not in INPUT_LINEARS}
-        scale = self.cfg.mup_base_dim / self.model_cfg.dim
-        return [{"params": [p for n, p in params if n not in hidden], "lr_scale": 1.0},
-                {"params": [p for n, p in params if n in hidden], "lr_scale": scale}]
+        mup = self.cfg.mup_base_dim / self.model_cfg.dim if self.cfg.mup_base_dim else 1.0
+        groups: dict[float, list] = {}
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                scale = mup if name in hidden else 1.0
+                scale *= self.cfg.text_lr_scale if name.startswith("text_embed.") else 1.0
+                groups.setdefault(scale, []).append(p)
+        return [{"params": params, "lr_scale": scale} for scale, params in groups.items()]
 
     def extra_modules(self) -> dict:
         return {}
