@@ -709,12 +709,11 @@ class DiT(nn.Module):
 
         with torch.autocast(device.type, enabled=False):  # fp32 modulation, as in forward
             t_frames = torch.cat([tf.reshape(-1) for _, tf, _ in pieces])  # (frames,)
+            frames = torch.tensor([tf.shape[1] for _, tf, _ in pieces for _ in range(tf.shape[0])], device=device)
             if isinstance(guidance, torch.Tensor) and guidance.dim():  # one per clip -> one per frame
-                guidance = guidance.to(device).repeat_interleave(
-                    torch.tensor([tf.shape[1] for _, tf, _ in pieces for _ in range(tf.shape[0])], device=device))
+                guidance = guidance.to(device).repeat_interleave(frames)
             temb_frames = self._time_embedding(t_frames, guidance)  # (frames, D)
             if self.text_pool is not None:  # one row per clip -> one per frame
-                frames = torch.tensor([tf.shape[1] for _, tf, _ in pieces for _ in range(tf.shape[0])], device=device)
                 temb_frames = temb_frames + self._pooled_text(text_kv).repeat_interleave(frames, dim=0)
             mod = self.time_proj(temb_frames)[frame_of_token].view(1, N, 1, 6, cfg.dim)  # (1, N, 1, 6, D)
 

@@ -99,8 +99,8 @@ class DiTTrainConfig:
         "min": 0, "group": "optimisation"})
     text_lr_scale: float = field(default=1.0, metadata={
         "help": "the text embedding's (text_embed: the MLP from the text encoder's tokens into the DiT) "
-                "learning rate is lr x this, on top of --mup-base-dim's scale; a run resumes only with the same "
-                "setting", "min": 0, "min_exclusive": True, "group": "optimisation"})
+                "learning rate is lr x this, on top of --mup-base-dim's scale; a run resumes with the learning "
+                "rates it started with", "min": 0, "min_exclusive": True, "group": "optimisation"})
     warmup_steps: int = field(default=500, metadata={
         "help": "linear warm-up, then cosine decay to lr/10", "min": 0, "group": "optimisation"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0, "group": "optimisation"})
