@@ -302,6 +302,21 @@ def test_packed_equals_separate_forwards(cfg):
         torch.testing.assert_close(v, alone, rtol=1e-4, atol=1e-5)
 
 
+def test_packed_takes_one_guidance_scale_per_clip():
+    """A guidance-distilled DiT with pooled text, packed: each clip's own scale and prompt, as alone."""
+    cfg = dataclasses.replace(TINY, guidance_embed=True, pooled_text=True)
+    model = random_dit(cfg, 0)
+    xs, ts, text, mask = batches(SHAPES, cfg=cfg)
+    scales = torch.linspace(1.0, 6.0, text.shape[0])
+    packed = model.forward_packed(xs, ts, text, mask, guidance=scales)
+    start = 0
+    for x, t, v in zip(xs, ts, packed):
+        B = x.shape[0]
+        rows = slice(start, start + B)
+        torch.testing.assert_close(v, model(x, t, text[rows], mask[rows], guidance=scales[rows]), rtol=1e-4, atol=1e-5)
+        start += B
+
+
 def test_packed_clips_do_not_see_each_other():
     model = random_dit(TINY, 0)
     xs, ts, text, mask = batches(SHAPES[:2])
