@@ -111,13 +111,13 @@ RECIPES |= {
     # the learning rate a 1,500-step sweep at width 64 found best and muP carries to width 256
     # (benchmarks/mup_transfer.py): 8e-3 for the input layers, biases and gains, 2e-3 for the rest
     "masked-batch-4-mup-8e-3": {**BATCH_4, "mup_base_dim": 64, "lr": 8e-3},
-    # the prompt's mean text token added to the time embedding of every block's modulation (SD3's
-    # pooled text vector in adaLN), next to cross-attention
-    "masked-batch-4-pooled": {**BATCH_4, "pooled_text": True},
     # the same with the text embedding at 1e-3 (its first layer at 1e-3, its second at 2.5e-4): the
     # text gap's best learning rate in the sweep, where 8e-3 let the text embedding grow and the
     # prompt go unused
     "masked-batch-4-mup-8e-3-text-1e-3": {**BATCH_4, "mup_base_dim": 64, "lr": 8e-3, "text_lr_scale": 0.125},
+    # the prompt's mean text token added to the time embedding of every block's modulation (SD3's
+    # pooled text vector in adaLN), next to cross-attention
+    "masked-batch-4-pooled": {**BATCH_4, "pooled_text": True},
     "masked-batch-128": {**MASKED, "batch_size": 128},  # the gpu budget's batch 256 halved
 }
 # Per budget, changes to the protocol: quick, a tiny model and cache; gpu, the shipped model's size

@@ -549,8 +549,8 @@ class DiT(nn.Module):
         kv = [b.cross_attn.text_kv(context) for b in self.blocks]
         pooled = None
         if self.text_pool is not None:  # an empty prompt pools to its null token alone
-            weight = keep.to(context.dtype)[..., None]  # (B, L + 1, 1)
-            pooled = (context * weight).sum(1).float() / weight.sum(1).float().clamp(min=1)  # (B, D)
+            weight = keep.float()[..., None]  # (B, L + 1, 1)
+            pooled = (context.float() * weight).sum(1) / weight.sum(1).clamp(min=1)  # (B, D), summed in fp32
         return TextKV(kv, keep[:, None, None, :], pooled)  # mask (B, 1, 1, L + 1), or (B, 1, 1, L) without the null token
 
     def _patchify(self, x: torch.Tensor, t: torch.Tensor):
